@@ -16,6 +16,8 @@ from medqk.errors import MedqkError
 #: Modules with a ``register(subparsers)`` function, in the order of the pipeline.
 COMMAND_MODULES = (
     "medqk.commands",          # train, eval
+    "medqk.convert.commands",  # convert, inspect
+    "medqk.deploy.commands",   # run
 )
 
 EXIT_USER_ERROR = 2

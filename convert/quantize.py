@@ -22,6 +22,7 @@ from medqk.convert import interpret_float, interpret_int
 from medqk.convert.fixed_point import STATE_BITS, quantize_mantissa
 from medqk.convert.graph import Graph, Node
 from medqk.convert.io import quantize_input
+from medqk.convert.neurons import logits_to_probabilities
 from medqk.convert.passes import FLOAT_ONLY, GraphError, schedule, validate
 
 MAX_FRAC_BITS = 16
@@ -148,6 +149,13 @@ def run_quantized(qgraph: Graph, images: np.ndarray, record: bool = False):
     return interpret_int.run(qgraph, quantize_input(images, qgraph.input.tensor.frac_bits), record=record)
 
 
+def _dequantize(node: Node, stored: np.ndarray) -> np.ndarray:
+    """An integer tensor in the float graph's terms (the sigmoid's logits become probabilities)."""
+    if node.op.type == "sigmoid":
+        return logits_to_probabilities(stored, node.op.in_scale)
+    return stored * _ratio(node)
+
+
 def error_report(graph: Graph, qgraph: Graph, images: np.ndarray) -> list[NodeQuantReport]:
     """Per node: error of the dequantized integer tensor against the float graph's, and saturation."""
     sq_err: dict[str, float] = {}
@@ -161,7 +169,7 @@ def error_report(graph: Graph, qgraph: Graph, images: np.ndarray) -> list[NodeQu
         _, ivals, sat = run_quantized(qgraph, images[i:i + 1], record=True)
         for node in qgraph.nodes():
             ref = fvals[node.name]
-            got = ivals[node.name] * _ratio(node)
+            got = _dequantize(node, ivals[node.name])
             diff = got - ref
             sq_err[node.name] = sq_err.get(node.name, 0.0) + float(np.sum(diff**2))
             sq_ref[node.name] = sq_ref.get(node.name, 0.0) + float(np.sum(ref**2))

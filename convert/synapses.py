@@ -51,6 +51,11 @@ class Conv2d(Op):
     def kernel(self) -> tuple[int, int]:
         return int(self.weight.shape[2]), int(self.weight.shape[3])
 
+    def dense_macs(self, in_shape) -> int:
+        """Multiply-accumulates for a dense (real-valued) input: outputs x C_in/groups x kh x kw."""
+        o, h, w = self.out_shape([in_shape])
+        return o * h * w * int(np.prod(self.weight.shape[1:]))
+
     def out_shape(self, in_shapes):
         c, h, w = in_shapes[0]
         if c != self.weight.shape[1] * self.groups:
@@ -82,6 +87,11 @@ class ConvTranspose2d(Op):
     def kernel(self) -> tuple[int, int]:
         return int(self.weight.shape[2]), int(self.weight.shape[3])
 
+    def dense_macs(self, in_shape) -> int:
+        """True multiply-accumulates: every input element reaches O x kh x kw outputs."""
+        c, h, w = in_shape
+        return c * h * w * int(np.prod(self.weight.shape[1:]))
+
     def out_shape(self, in_shapes):
         _, h, w = in_shapes[0]
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
@@ -102,6 +112,11 @@ class Upsample(Op):
 
     factor: int = 2
     frac_bits: int | None = None
+
+    def dense_macs(self, in_shape) -> int:
+        """Multiply-accumulates of the separable form: 2 per output along H, then 2 per output along W."""
+        c, h, w = in_shape
+        return c * (h * self.factor) * w * 2 + c * (h * self.factor) * (w * self.factor) * 2
 
     def out_shape(self, in_shapes):
         c, h, w = in_shapes[0]

@@ -142,8 +142,9 @@ def trace(module: nn.Module, input_shape: tuple[int, int, int]) -> Graph:
     except Exception as error:  # fx cannot follow data-dependent Python control flow
         raise TraceError(f"torch.fx could not trace {type(module).__name__}: {error}") from error
     gm = torch.fx.GraphModule(module, fx_graph)
+    dtype = next((p.dtype for p in module.parameters()), torch.float32)
     with torch.no_grad():
-        ShapeProp(gm).propagate(torch.zeros((1,) + tuple(input_shape)))
+        ShapeProp(gm).propagate(torch.zeros((1,) + tuple(input_shape), dtype=dtype))
 
     graph = Graph()
     ir_name: dict[torch.fx.Node, str] = {}
