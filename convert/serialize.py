@@ -20,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 
+from medqk.convert import elementwise, io, neurons, synapses  # noqa: F401  (each registers its op types)
 from medqk.convert.graph import Graph, Node, TensorInfo
 from medqk.convert.op import OP_TYPES
 from medqk.errors import InputError

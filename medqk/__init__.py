@@ -9,18 +9,21 @@ _checkout = _Path(__file__).resolve().parent.parent
 if (_checkout / "convert" / "__init__.py").is_file() and (_checkout / "cli.py").is_file():
     __path__.append(str(_checkout))
 from medqk.errors import MedqkError
-from medqk.model import MedQKFormer, ModelConfig
-from medqk.nisf import NISF
 
 __version__ = "0.1.0"
 
 __all__ = ["MedQKFormer", "ModelConfig", "NISF", "MedqkError", "load_checkpoint", "__version__"]
 
 
-def __getattr__(name):
-    # load_checkpoint lives in medqk.checkpoint; imported lazily to keep `import medqk` light.
-    if name == "load_checkpoint":
-        from medqk.checkpoint import load_checkpoint
+#: public name -> module; imported on first use so that torch-free parts (loading a converted
+#: model, the ONNX and Lava backends) never import torch.
+_LAZY = {"MedQKFormer": "medqk.model", "ModelConfig": "medqk.model", "NISF": "medqk.nisf",
+         "load_checkpoint": "medqk.checkpoint"}
 
-        return load_checkpoint
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'medqk' has no attribute {name!r}")
