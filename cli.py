@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "medqk.commands",          # train, eval
     "medqk.convert.commands",  # convert, inspect
     "medqk.deploy.commands",   # run
+    "medqk.energy.commands",   # energy report
 )
 
 EXIT_USER_ERROR = 2

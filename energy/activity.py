@@ -1,0 +1,183 @@
+"""Network activity: how many spikes each NISF population emits and what they cost downstream.
+
+Two sources, one result (``Activity``):
+
+- images run through the IR interpreter (the integer interpreter for a quantized graph, the default;
+  the float interpreter's spike maps are the same integers up to quantization);
+- a Lava run's activity file (``--activity F``), JSON written by the Lava backend::
+
+    {"format": "medqk-activity", "version": 1,
+     "model_sha256": "<graph_sha256 of the integer graph that ran>",
+     "images": 3,
+     "populations": {"<NISF node>": {"neurons": 2097152, "spike_sum": 81234, "nonzero": 40211}, ...},
+     "synapses": {"<spike-fed synaptic node>": {"acs": 5123456, "events": 2534112}, ...}}
+
+  with counts summed over the images (``neurons`` per image). ``acs`` = sum over delivered spikes of
+  payload x fan-out, ``events`` = delivered spikes x fan-out (synaptic ops of graded spikes).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from medqk import console
+from medqk.convert.graph import SPIKE, Graph
+from medqk.energy.counting import input_kind, synaptic_nodes, unit_count
+from medqk.errors import InputError
+
+FORMAT = "medqk-activity"
+VERSION = 1
+
+
+@dataclasses.dataclass
+class Population:
+    """One NISF population's spikes, summed over ``Activity.images`` images."""
+
+    neurons: int
+    spike_sum: int = 0
+    nonzero: int = 0
+
+
+@dataclasses.dataclass
+class Activity:
+    images: int
+    populations: dict[str, Population]
+    #: spike-fed synaptic node -> [ACs, events] summed over the images
+    synapses: dict[str, list[int]]
+    #: where the activity came from, for the report
+    source: str
+    #: per image: {"image", "acs", "events"} totals (interpreter runs only)
+    per_image: list[dict] = dataclasses.field(default_factory=list)
+
+    def per_image_synapses(self) -> dict[str, tuple[float, float]]:
+        """(ACs, events) per image, the form ``counting.count_layers`` takes."""
+        return {k: (a / self.images, e / self.images) for k, (a, e) in self.synapses.items()}
+
+    def firing(self) -> dict[str, dict]:
+        """Per population: mean spike value and fraction of neurons with s > 0 (per neuron and image)."""
+        out = {}
+        for name, p in self.populations.items():
+            total = p.neurons * self.images
+            out[name] = {"neurons": p.neurons, "mean_spike": p.spike_sum / total, "fraction_nonzero": p.nonzero / total}
+        return out
+
+    def active_inactive(self) -> tuple[float, float]:
+        """NISF neuron updates per image that fire (s > 0) and that stay silent."""
+        active = sum(p.nonzero for p in self.populations.values()) / self.images
+        return active, sum(p.neurons for p in self.populations.values()) - active
+
+
+def spike_fed_layers(graph: Graph) -> list:
+    return [n for n in synaptic_nodes(graph) if input_kind(graph, n) == SPIKE]
+
+
+def empty_activity(graph: Graph, source: str) -> Activity:
+    pops = {n.name: Population(int(np.prod(n.tensor.shape))) for n in graph.nodes() if n.op.type == "nisf"}
+    return Activity(0, pops, {n.name: [0, 0] for n in spike_fed_layers(graph)}, source)
+
+
+def add_image(activity: Activity, graph: Graph, values: dict[str, np.ndarray], label: str) -> None:
+    """Accumulate one image's recorded stored values (spikes are the integers 0..D)."""
+    for name, pop in activity.populations.items():
+        s = values[name]
+        pop.spike_sum += int(np.rint(s).astype(np.int64).sum())
+        pop.nonzero += int(np.count_nonzero(s))
+    acs = events = 0
+    for node in spike_fed_layers(graph):
+        s = np.rint(values[node.inputs[0]]).astype(np.int64)
+        a, e = unit_count(node.op, s), unit_count(node.op, s != 0)
+        activity.synapses[node.name][0] += a
+        activity.synapses[node.name][1] += e
+        acs, events = acs + a, events + e
+    activity.images += 1
+    activity.per_image.append({"image": label, "acs": acs, "events": events})
+
+
+def record_values(graph: Graph, image: np.ndarray) -> dict[str, np.ndarray]:
+    """Every node's stored values for one image [C, H, W], by the integer interpreter when the graph
+    is quantized, else by the float interpreter."""
+    x = np.asarray(image, dtype=np.float32)[None]
+    if graph.input.tensor.frac_bits is not None:
+        from medqk.convert.quantize import run_quantized
+
+        return run_quantized(graph, x, record=True)[1]
+    from medqk.convert import interpret_float
+
+    return interpret_float.run(graph, x, record=True)[1]
+
+
+def from_images(graph: Graph, images: Iterable[tuple[str, np.ndarray]], count: int) -> Activity:
+    """Activity of ``count`` images, given lazily as (label, [C, H, W] float32), with a progress bar."""
+    interpreter = "integer" if graph.input.tensor.frac_bits is not None else "float"
+    activity = empty_activity(graph, f"{interpreter} interpreter")
+    for label, image in console.progress(images, desc="energy", total=count, unit="image"):
+        add_image(activity, graph, record_values(graph, image), label)
+    if activity.images == 0:
+        raise InputError("no images to measure activity on")
+    activity.source = f"{interpreter} interpreter, {activity.images} image{'s' * (activity.images != 1)}"
+    return activity
+
+
+def graph_sha256(graph: Graph) -> str:
+    """A fingerprint of a graph's structure and every array (the model an activity file belongs to)."""
+    from medqk.convert.serialize import graph_to_json
+
+    arrays: dict[str, np.ndarray] = {}
+    digest = hashlib.sha256(json.dumps(graph_to_json(graph, "g", arrays), sort_keys=True).encode())
+    for key in sorted(arrays):
+        digest.update(key.encode())
+        digest.update(np.ascontiguousarray(arrays[key]).tobytes())
+    return digest.hexdigest()
+
+
+def write_file(path: Path, activity: Activity, graph: Graph) -> Path:
+    """Write ``activity`` (recorded on ``graph``, the integer graph) in the activity-file format."""
+    doc = {"format": FORMAT, "version": VERSION, "model_sha256": graph_sha256(graph), "images": activity.images,
+           "populations": {k: dataclasses.asdict(p) for k, p in activity.populations.items()},
+           "synapses": {k: {"acs": a, "events": e} for k, (a, e) in activity.synapses.items()}}
+    Path(path).write_text(json.dumps(doc, indent=1))
+    return Path(path)
+
+
+def _require(doc: dict, key: str, path: Path, what: str):
+    if key not in doc:
+        raise InputError(f"activity file {path}: {what} has no {key!r}")
+    return doc[key]
+
+
+def from_file(path: Path, graph: Graph) -> Activity:
+    """Read a Lava activity file for ``graph`` (the integer graph); refuses another model's file."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"activity file {path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InputError(f"activity file {path} is not valid JSON ({error})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != VERSION:
+        raise InputError(f"{path} is not a medqk activity file (expected format {FORMAT!r} version {VERSION})")
+    mine, theirs = graph_sha256(graph), str(_require(doc, "model_sha256", path, "the file"))
+    if theirs != mine:
+        raise InputError(f"activity file {path} was recorded on another model (model sha256 {theirs[:12]}..., "
+                         f"this model is {mine[:12]}...); pass the model directory the Lava run used")
+    images = int(_require(doc, "images", path, "the file"))
+    if images < 1:
+        raise InputError(f"activity file {path} covers {images} images")
+    activity = empty_activity(graph, f"Lava activity file {path.name}, {images} image{'s' * (images != 1)}")
+    activity.images = images
+    pops, syns = _require(doc, "populations", path, "the file"), _require(doc, "synapses", path, "the file")
+    for name, pop in activity.populations.items():
+        entry = _require(pops, name, path, "populations")
+        if int(_require(entry, "neurons", path, f"population {name}")) != pop.neurons:
+            raise InputError(f"activity file {path}: population {name} has {entry['neurons']} neurons, the model {pop.neurons}")
+        pop.spike_sum = int(_require(entry, "spike_sum", path, f"population {name}"))
+        pop.nonzero = int(_require(entry, "nonzero", path, f"population {name}"))
+    for name in activity.synapses:
+        entry = _require(syns, name, path, "synapses")
+        activity.synapses[name] = [int(_require(entry, k, path, f"synapse {name}")) for k in ("acs", "events")]
+    return activity

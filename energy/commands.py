@@ -1,0 +1,135 @@
+"""`medqk energy report`: count, price and compare a model's operations on images."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+from medqk import console
+from medqk.errors import InputError
+
+
+def register(subparsers) -> None:
+    from medqk.energy.models import DEFAULT, MODELS
+
+    p = subparsers.add_parser("energy", help="energy analysis of a model (MACs, ACs, spikes, baselines)",
+                              description="Energy analysis of a MedQKFormer model.")
+    sub = p.add_subparsers(dest="energy_command", metavar="COMMAND", required=True)
+    r = sub.add_parser(
+        "report", help="per-layer MACs, ACs, synaptic events and energy; comparison with ANN baselines",
+        description="Count every synaptic layer's operations on measured spikes (MACs for real-valued inputs, "
+                    "ACs and synaptic events for integer spike inputs), price them with an energy model and "
+                    "compare with ANN baselines (always the U-Net of the paper's table and the SNN's ANN twin). "
+                    "Figures are per image (means over the images).")
+    r.add_argument("model", nargs="?", type=Path,
+                   help="a checkpoint (.pt) or a directory written by `medqk convert`; default: the embedded default model")
+    source = r.add_mutually_exclusive_group()
+    source.add_argument("--image", type=Path, metavar="PATH", help="one image, or a .npy float32 [C, H, W] network input")
+    source.add_argument("--images", type=Path, metavar="DIR", help="a folder of images (means per image)")
+    source.add_argument("--activity", type=Path, metavar="F", help="activity file of a Lava run of this model, instead of images")
+    r.add_argument("--baseline", action="append", default=[], metavar="B",
+                   help="extra baseline: unet, ann-twin, package.module:Class (built without arguments) or a .onnx "
+                        "file; repeatable (unet and ann-twin are always included)")
+    r.add_argument("--energy-model", choices=sorted(MODELS), default=DEFAULT,
+                   help="per-operation energy figures (default: %(default)s, 45 nm float32)")
+    r.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
+                   help="input size when MODEL is a checkpoint (default: its preprocessing size)")
+    r.add_argument("--json", type=Path, metavar="F", help="write the full report as JSON")
+    r.add_argument("--markdown", type=Path, metavar="F", help="write the report as Markdown")
+    r.add_argument("--plot", type=Path, metavar="F", help="draw per-layer energy, SNN vs ANN twin (PNG)")
+    r.set_defaults(func=run_report)
+
+
+def open_subject(path: Path | None, image_size: tuple[int, int] | None):
+    """The converted model to analyse (converting a checkpoint in memory when needed)."""
+    from medqk.convert.pipeline import open_model
+
+    model = open_model(path, image_size)
+    if image_size is not None and tuple(model.image_size) != tuple(image_size):
+        raise InputError(f"--image-size {image_size[0]} {image_size[1]}: the converted model {path} is built for "
+                         f"{model.image_size[0]}x{model.image_size[1]}; convert it again at that size")
+    return model
+
+
+def _preprocessing(converted):
+    from medqk.data.preprocess import Preprocessing
+
+    prep = converted.meta.get("preprocessing")
+    return Preprocessing.from_dict(prep) if prep else Preprocessing(size=tuple(converted.image_size))
+
+
+def image_files(directory: Path) -> list[Path]:
+    from medqk.data.preprocess import IMAGE_SUFFIXES
+
+    if not directory.is_dir():
+        raise InputError(f"--images {directory}: no such folder")
+    suffixes = {*IMAGE_SUFFIXES, ".npy"}
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+    if not files:
+        raise InputError(f"--images {directory}: the folder holds no images ({', '.join(sorted(suffixes))})")
+    return files
+
+
+def image_inputs(converted, files: list[Path] | None) -> tuple[int, Iterator, str]:
+    """(count, lazy iterator of (label, [C, H, W] float32), description) of the images to run;
+    one built-in synthetic image when ``files`` is None."""
+    if files is None:
+        from medqk.defaults import default_calibration_images
+
+        image = default_calibration_images(1, tuple(converted.image_size))[0]
+        return 1, iter([("synthetic-0", image)]), "1 built-in synthetic image (pass --image or --images for real data)"
+    from medqk.data.preprocess import load_network_input
+
+    prep, in_channels = _preprocessing(converted), converted.float_graph.input.op.shape[0]
+    described = str(files[0]) if len(files) == 1 else f"{len(files)} images in {files[0].parent}"
+    return len(files), ((f.name, load_network_input(f, prep, in_channels)) for f in files), described
+
+
+def analyze(converted, activity, energy_model, baseline_specs: list[str], name: str) -> dict:
+    """The report of ``converted`` (its integer graph) for ``activity``."""
+    from medqk.convert.trace import trace
+    from medqk.energy import baselines as bl
+    from medqk.energy.activity import graph_sha256
+    from medqk.energy.counting import count_layers, other_ops, thop_counts
+    from medqk.energy.report import build
+    from medqk.model import MedQKFormer, ModelConfig, count_parameters
+
+    graph = converted.int_graph
+    input_shape = tuple(graph.input.tensor.shape)
+    # thop's view and the parameter count depend on the architecture only (BatchNorms unfolded)
+    architecture = MedQKFormer(ModelConfig.from_dict(converted.meta.get("model_config", {})))
+    thop = sum(thop_counts(trace(architecture, input_shape)).values())
+    params = count_parameters(architecture)
+    extra = [s for s in dict.fromkeys(baseline_specs) if s not in bl.BUILT_IN]
+    baselines = [bl.ann_twin(graph, params, thop), bl.unet(input_shape)]
+    baselines += [bl.resolve(spec, input_shape) for spec in extra]
+    model = {"name": name, "input_shape": list(input_shape), "params": params, "thop_macs": thop,
+             "sha256": graph_sha256(graph)}
+    layers = count_layers(graph, activity.per_image_synapses())
+    return build(model, layers, other_ops(graph), activity, energy_model, baselines)
+
+
+def run_report(args) -> int:
+    from medqk.energy import activity as act
+    from medqk.energy.models import get_model
+    from medqk.energy.report import format_markdown, format_terminal, plot
+
+    energy_model = get_model(args.energy_model)
+    converted = open_subject(args.model, tuple(args.image_size) if args.image_size else None)
+    if args.activity:
+        activity = act.from_file(args.activity, converted.int_graph)
+    else:
+        files = [args.image] if args.image else image_files(args.images) if args.images else None
+        count, images, described = image_inputs(converted, files)
+        console.info(f"running {count} image{'s' * (count != 1)} through the integer interpreter: {described}")
+        activity = act.from_images(converted.int_graph, images, count)
+    name = args.model.name if args.model else "default model"
+    report = analyze(converted, activity, energy_model, args.baseline, name)
+    console.info(format_terminal(report))
+    for path, write in ((args.json, lambda p: p.write_text(json.dumps(report, indent=2))),
+                        (args.markdown, lambda p: p.write_text(format_markdown(report))),
+                        (args.plot, lambda p: plot(report, p))):
+        if path:
+            write(path)
+            console.info(f"wrote {path}")
+    return 0
