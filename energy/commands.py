@@ -59,7 +59,7 @@ def _preprocessing(converted):
 
 
 def image_files(directory: Path) -> list[Path]:
-    from medqk.data.preprocess import IMAGE_SUFFIXES
+    from medqk.data.layouts import IMAGE_SUFFIXES
 
     if not directory.is_dir():
         raise InputError(f"--images {directory}: no such folder")
@@ -72,17 +72,25 @@ def image_files(directory: Path) -> list[Path]:
 
 def image_inputs(converted, files: list[Path] | None) -> tuple[int, Iterator, str]:
     """(count, lazy iterator of (label, [C, H, W] float32), description) of the images to run;
-    one built-in synthetic image when ``files`` is None."""
+    the built-in demo image (as `medqk run` uses) when ``files`` is None."""
+    size = tuple(converted.image_size)
     if files is None:
-        from medqk.defaults import default_calibration_images
+        from medqk.defaults import default_image
 
-        image = default_calibration_images(1, tuple(converted.image_size))[0]
-        return 1, iter([("synthetic-0", image)]), "1 built-in synthetic image (pass --image or --images for real data)"
+        return 1, iter([("demo", default_image(size).image)]), "the built-in synthetic demo image (pass --image or --images)"
     from medqk.data.preprocess import load_network_input
 
     prep, in_channels = _preprocessing(converted), converted.float_graph.input.op.shape[0]
+
+    def load(path: Path):
+        x = load_network_input(path, prep, in_channels)
+        if tuple(x.shape[1:]) != size:
+            raise InputError(f"{path}: the network input is {x.shape[1]}x{x.shape[2]} but the model is built for "
+                             f"{size[0]}x{size[1]}; give a {size[0]}x{size[1]} input or convert at that size")
+        return path.name, x
+
     described = str(files[0]) if len(files) == 1 else f"{len(files)} images in {files[0].parent}"
-    return len(files), ((f.name, load_network_input(f, prep, in_channels)) for f in files), described
+    return len(files), map(load, files), described
 
 
 def analyze(converted, activity, energy_model, baseline_specs: list[str], name: str) -> dict:
