@@ -69,7 +69,8 @@ def load_calibration_images(directory: Path | None, prep, count: int, in_channel
         from medqk.defaults import default_calibration_images
 
         return default_calibration_images(count, tuple(prep.size))
-    from medqk.data.preprocess import IMAGE_SUFFIXES, load_network_input
+    from medqk.data.layouts import IMAGE_SUFFIXES
+    from medqk.data.preprocess import load_network_input
 
     directory = Path(directory)
     if not directory.is_dir():

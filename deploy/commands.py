@@ -35,7 +35,7 @@ def load_input(handle, image: Path | None) -> np.ndarray:
     if image is None:
         from medqk.defaults import default_image
 
-        return default_image(size)[0][None]
+        return default_image(size).image[None]
     from medqk.data.preprocess import load_network_input
 
     x = load_network_input(image, handle.preprocessing(), int(converted.float_graph.input.op.shape[0]))
