@@ -93,8 +93,17 @@ def image_inputs(converted, files: list[Path] | None) -> tuple[int, Iterator, st
     return len(files), map(load, files), described
 
 
-def analyze(converted, activity, energy_model, baseline_specs: list[str], name: str) -> dict:
-    """The report of ``converted`` (its integer graph) for ``activity``."""
+def extra_baselines(converted, specs: list[str]) -> list:
+    """The baselines named by ``--baseline`` beyond the built-in two, resolved (and checked) up front."""
+    from medqk.energy import baselines as bl
+
+    shape = tuple(converted.int_graph.input.tensor.shape)
+    return [bl.resolve(spec, shape) for spec in dict.fromkeys(specs) if spec not in bl.BUILT_IN]
+
+
+def analyze(converted, activity, energy_model, extra: list, name: str) -> dict:
+    """The report of ``converted`` (its integer graph) for ``activity``, with the built-in
+    baselines and the ``extra`` ones."""
     from medqk.convert.trace import trace
     from medqk.energy import baselines as bl
     from medqk.energy.activity import graph_sha256
@@ -108,9 +117,7 @@ def analyze(converted, activity, energy_model, baseline_specs: list[str], name: 
     architecture = MedQKFormer(ModelConfig.from_dict(converted.meta.get("model_config", {})))
     thop = sum(thop_counts(trace(architecture, input_shape)).values())
     params = count_parameters(architecture)
-    extra = [s for s in dict.fromkeys(baseline_specs) if s not in bl.BUILT_IN]
-    baselines = [bl.ann_twin(graph, params, thop), bl.unet(input_shape)]
-    baselines += [bl.resolve(spec, input_shape) for spec in extra]
+    baselines = [bl.ann_twin(graph, params, thop), bl.unet(input_shape), *extra]
     model = {"name": name, "input_shape": list(input_shape), "params": params, "thop_macs": thop,
              "sha256": graph_sha256(graph)}
     layers = count_layers(graph, activity.per_image_synapses())
@@ -120,10 +127,13 @@ def analyze(converted, activity, energy_model, baseline_specs: list[str], name: 
 def run_report(args) -> int:
     from medqk.energy import activity as act
     from medqk.energy.models import get_model
-    from medqk.energy.report import format_markdown, format_terminal, plot
+    from medqk.energy.report import PLOT_SUFFIXES, format_markdown, format_terminal, plot
 
     energy_model = get_model(args.energy_model)
+    if args.plot and args.plot.suffix.lower() not in PLOT_SUFFIXES:
+        raise InputError(f"--plot {args.plot}: use a file name ending in {', '.join(PLOT_SUFFIXES)}")
     converted = open_subject(args.model, tuple(args.image_size) if args.image_size else None)
+    extra = extra_baselines(converted, args.baseline)  # a bad baseline fails before the images run
     if args.activity:
         activity = act.from_file(args.activity, converted.int_graph)
     else:
@@ -132,7 +142,7 @@ def run_report(args) -> int:
         console.info(f"running {count} image{'s' * (count != 1)} through the integer interpreter: {described}")
         activity = act.from_images(converted.int_graph, images, count)
     name = args.model.name if args.model else "default model"
-    report = analyze(converted, activity, energy_model, args.baseline, name)
+    report = analyze(converted, activity, energy_model, extra, name)
     console.info(format_terminal(report))
     for path, write in ((args.json, lambda p: p.write_text(json.dumps(report, indent=2))),
                         (args.markdown, lambda p: p.write_text(format_markdown(report))),

@@ -163,8 +163,11 @@ def format_markdown(report: dict) -> str:
     ]) + "\n"
 
 
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+
+
 def plot(report: dict, path: Path) -> Path:
-    """Per-layer energy of the SNN next to its ANN twin (log scale), saved to ``path`` (PNG)."""
+    """Per-layer energy of the SNN next to its ANN twin (log scale), saved to ``path`` (PLOT_SUFFIXES)."""
     import matplotlib
 
     matplotlib.use("Agg")

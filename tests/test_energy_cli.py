@@ -72,6 +72,7 @@ def test_report_from_a_lava_activity_file(model_dir, tmp_path):
     (["--image", "NOFILE.png"], "NOFILE.png"),
     (["--baseline", "test_energy_baselines:GeluNet"], "cannot represent module GELU"),
     (["--image-size", "64", "64"], "built for 32x32"),
+    (["--plot", "energy.txt"], "use a file name ending in .png"),
 ])
 def test_bad_inputs_end_with_a_clear_message(model_dir, tmp_path, capsys, extra, message):
     (tmp_path / "EMPTY").mkdir()
