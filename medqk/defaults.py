@@ -1,0 +1,73 @@
+"""The embedded default: a small MedQKFormer every medqk command can work on out of the box.
+
+``medqk/assets/default.pt`` is a medqk checkpoint of MedQKFormer with widths (8, 16, 32, 64) and
+D = 4, trained on the synthetic generator at 64x64 (seed 41) until its validation DSC reached
+``DEFAULT_TARGET_DICE`` (or ``DEFAULT_MAX_EPOCHS`` passed). Rebuild it (seeded; the last bits
+of the weights can differ with another CPU, thread count or torch version) with::
+
+    python -m medqk.defaults --rebuild
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from medqk.data import Preprocessing, SyntheticSample, synthetic_batch, synthetic_sample
+
+DEFAULT_WIDTHS = (8, 16, 32, 64)
+DEFAULT_SIZE = 64
+DEFAULT_SEED = 41
+DEFAULT_TARGET_DICE = 0.88
+DEFAULT_MAX_EPOCHS = 60
+#: Synthetic streams for demos and calibration, apart from the training (41) and validation (42) ones.
+DEMO_STREAM = 7
+CALIBRATION_STREAM = 8
+
+
+def default_checkpoint_path() -> Path:
+    return Path(__file__).resolve().parent / "assets" / "default.pt"
+
+
+def default_image(size: int | tuple[int, int] = DEFAULT_SIZE, index: int = 0) -> SyntheticSample:
+    """A seeded synthetic image (network input, BGR [3, H, W]) with its mask, for demos and tests."""
+    return synthetic_sample(index, size, DEMO_STREAM)
+
+
+def default_calibration_images(n: int = 16, size: int | tuple[int, int] = DEFAULT_SIZE) -> np.ndarray:
+    """``n`` seeded synthetic network inputs [n, 3, H, W], e.g. to calibrate a conversion."""
+    return synthetic_batch(n, size, CALIBRATION_STREAM)[0]
+
+
+def build_default(out_path: str | Path | None = None) -> Path:
+    """Train the default model from scratch and write its best checkpoint to ``out_path``."""
+    from medqk.checkpoint import load_checkpoint_payload, save_checkpoint
+    from medqk.train import TrainOptions, train
+
+    out_path = Path(out_path or default_checkpoint_path())
+    with tempfile.TemporaryDirectory() as run_dir:
+        options = TrainOptions(data="synthetic", image_size=DEFAULT_SIZE, widths=DEFAULT_WIDTHS, epochs=DEFAULT_MAX_EPOCHS,
+                               seed=DEFAULT_SEED, device="cpu", target_dice=DEFAULT_TARGET_DICE, out=Path(run_dir) / "run")
+        result = train(options)
+        model, metadata = load_checkpoint_payload(result.best_path)
+        training = {**metadata["training"], "built_by": "python -m medqk.defaults --rebuild"}
+        save_checkpoint(out_path, model, Preprocessing.from_dict(metadata["preprocessing"]), training)
+    return out_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m medqk.defaults", description=__doc__.splitlines()[0])
+    parser.add_argument("--rebuild", action="store_true", help="train the default model again and overwrite the asset")
+    parser.add_argument("--out", type=Path, default=None, help="write here instead of medqk/assets/default.pt")
+    args = parser.parse_args(argv)
+    if not args.rebuild:
+        print(default_checkpoint_path())
+        return 0
+    print(f"wrote {build_default(args.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
