@@ -1,0 +1,81 @@
+"""The energy report as HTML sections: per-layer energy (SNN, ANN twin), totals against the
+baselines (U-Net included), firing per NISF population, and the conventions used."""
+from __future__ import annotations
+
+from medqk.energy.report import energy, si
+from medqk.htmlpage import Section, chart, figure_png, table
+
+
+def _layer_chart(report: dict) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = report["layers"]
+    baselines = {b["name"]: b for b in report["baselines"]}
+    x = np.arange(len(rows))
+    fig, (ax, ax_total) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [4, 1]})
+    ax.bar(x - 0.2, [r["ann_twin_energy_pj"] / 1e6 for r in rows], 0.4, label="ANN twin (all MACs)", color="#4e79a7")
+    ax.bar(x + 0.2, [r["energy_pj"] / 1e6 for r in rows], 0.4, label="SNN (spike-fed layers as ACs)", color="#f28e2b")
+    ax.set_yscale("log")
+    ax.set_ylabel("energy per image (uJ)")
+    ax.set_xticks(x, [r["name"] for r in rows], rotation=90, fontsize=5)
+    ax.legend(fontsize=8)
+    ax.set_title("per synaptic layer", fontsize=10)
+    names = ["SNN", *baselines]
+    totals = [report["totals"]["energy_pj"] / 1e6, *(b["energy_pj"] / 1e6 for b in baselines.values())]
+    colors = ["#f28e2b", *("#4e79a7" if n == "ann-twin" else "#76b7b2" if n == "unet" else "#bab0ac" for n in baselines)]
+    ax_total.bar(names, totals, color=colors)
+    ax_total.set_yscale("log")
+    ax_total.set_title("whole network", fontsize=10)
+    ax_total.tick_params(axis="x", rotation=45, labelsize=8)
+    fig.suptitle(f"{report['energy_model']['title']}, per image", fontsize=10)
+    fig.tight_layout()
+    png = figure_png(fig)
+    plt.close(fig)
+    return png
+
+
+def _firing_chart(report: dict) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    firing = report["firing"]
+    names = list(firing)
+    fig, ax = plt.subplots(figsize=(13, 3.8))
+    ax.bar(range(len(names)), [f["fraction_nonzero"] for f in firing.values()], color="#59a14f", label="fraction of neurons firing (s > 0)")
+    ax.plot(range(len(names)), [f["mean_spike"] / 4 for f in firing.values()], "o", color="#e15759", ms=3,
+            label="mean spike value / D")
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=5)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    png = figure_png(fig)
+    plt.close(fig)
+    return png
+
+
+def energy_sections(report: dict) -> list[Section]:
+    t = report["totals"]
+    snn = t["energy_pj"]
+    comparison = [[f"{report['model']['name']} (SNN)", report["model"]["params"], t["macs"], t["acs"], energy(snn), "1.00"]]
+    comparison += [[b["name"], b["params"], b["macs"], 0, energy(b["energy_pj"]), f"{b['energy_pj'] / snn:.2f}" if snn else "-"]
+                   for b in report["baselines"]]
+    em = report["energy_model"]
+    energy_section = Section("Energy: SNN vs ANN twin vs U-Net").add(
+        f"<p>{em['title']}: MAC {em['e_mac_pj']} pJ, spike op {em['e_spike_op_pj']} pJ ({em['source']}). "
+        f"Activity: {report['activity']['source']}, {report['activity']['images']} image(s).</p>"
+    ).add(table(["network", "params", "MACs", "ACs", "energy / image", "x SNN"], comparison)
+    ).add(chart(_layer_chart(report), "per-layer energy"))
+    firing_section = Section("Firing per NISF population").add(
+        f"<p>{len(report['firing'])} populations. Bars: fraction of neurons with a nonzero spike; dots: mean "
+        "integer spike value over D.</p>").add(chart(_firing_chart(report), "firing rates"))
+    notes = "".join(f"<li>{c}</li>" for c in report["conventions"])
+    other = ", ".join(f"{k.replace('_', ' ')} {si(v)}" for k, v in report["other_ops"].items())
+    conventions = Section("What the counts mean").add(f"<ul class=\"note\">{notes}</ul><p class=\"note\">Other operations "
+                                                      f"per image (not priced in the synaptic total): {other}.</p>")
+    return [energy_section, firing_section, conventions]
