@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
 from medqk import console
 from medqk.errors import MedqkError
@@ -37,7 +38,47 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
+    register_demo(subparsers)
     return parser
+
+
+# -- medqk demo: the whole journey on the embedded default ---------------------------------------
+
+#: backends the demo runs, in this order, where registered
+DEMO_BACKENDS = ("torch", "ir", "ir-int", "onnx", "onnx-int", "lava")
+
+
+def register_demo(subparsers) -> None:
+    p = subparsers.add_parser(
+        "demo", help="convert, run every backend, compare them and write an energy report (HTML)",
+        description="The whole journey on one model and one image: convert the checkpoint, run it in torch, the IR "
+                    "interpreters, onnxruntime and Lava, check that they agree, count the energy against the U-Net "
+                    "and the ANN twin, and write one self-contained HTML report.")
+    p.add_argument("checkpoint", nargs="?", type=Path, help="checkpoint to use (default: the embedded default model)")
+    p.add_argument("-o", "--output", type=Path, default=Path("medqk-demo"), help="output directory (default: %(default)s)")
+    p.add_argument("--image", type=Path, help="an image (or .npy network input); default: a built-in synthetic image with its mask")
+    p.add_argument("--mask", type=Path, help="the image's ground-truth mask, shown and scored when given")
+    p.add_argument("--skip", action="append", default=[], choices=DEMO_BACKENDS, metavar="BACKEND",
+                   help="leave a backend out (repeatable), e.g. --skip lava")
+    p.add_argument("--json", type=Path, metavar="F", help="also write the demo's results as JSON")
+    p.set_defaults(func=run_demo)
+
+
+def run_demo(args) -> int:
+    import json
+    import time
+
+    start = time.perf_counter()
+    run = DemoRun.execute(args.checkpoint, args.output, args.image, args.mask, [b for b in DEMO_BACKENDS if b not in args.skip])
+    report_path = write_report(run, args.output / "report.html")
+    summary = run.summary()
+    summary["seconds"] = time.perf_counter() - start
+    (args.output / "results.json").write_text(json.dumps(summary, indent=2, default=str))
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2, default=str))
+    console.info(run.format_summary())
+    console.info(f"report written: {report_path.resolve()}  ({summary['seconds']:.0f} s)")
+    return 0 if summary["all_agree"] else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,6 +95,129 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"medqk {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+class DemoRun:
+    """What `medqk demo` did: the converted model, each backend's output, energy, Loihi summary."""
+
+    def __init__(self, directory: Path, image, mask, results: dict, energy_report: dict, loihi: dict | None):
+        self.directory, self.image, self.mask = directory, image, mask
+        self.results, self.energy_report, self.loihi = results, energy_report, loihi
+
+    @classmethod
+    def execute(cls, checkpoint, output: Path, image_path, mask_path, backends: list[str]) -> "DemoRun":
+        import json
+
+        import numpy as np
+
+        from medqk.convert.commands import OUTPUT_WRITERS
+        from medqk.convert.pipeline import convert_checkpoint
+        from medqk.convert.serialize import save_model
+        from medqk.deploy.backends import BACKENDS, ModelHandle
+        from medqk.deploy.commands import load_input, save_mask_png
+        from medqk.energy import activity as act
+        from medqk.energy.commands import analyze
+        from medqk.energy.models import get_model
+
+        output.mkdir(parents=True, exist_ok=True)
+        console.info("[1/3] converting the model (trace, fold, calibrate, quantize, ONNX, Loihi 2 report)")
+        converted, _, _, _ = convert_checkpoint(checkpoint)
+        model_dir = save_model(converted, output / "model", force=True, extra_writers=OUTPUT_WRITERS)
+        handle = ModelHandle(model_dir)
+        mask = None
+        if image_path is None:
+            from medqk.defaults import default_image
+
+            sample = default_image(tuple(converted.image_size))
+            images, mask = sample.image[None], sample.mask[0] > 0.5
+        else:
+            images = load_input(handle, image_path)
+            if mask_path is not None:
+                from medqk.data.preprocess import load_mask
+
+                mask = load_mask(mask_path, tuple(converted.image_size))[0] > 0.5
+        results = {}
+        names = [b for b in backends if b in BACKENDS]
+        for i, name in enumerate(names):
+            console.info(f"[2/3] running backend {i + 1}/{len(names)}: {name}")
+            results[name] = BACKENDS[name](handle, images)
+            save_mask_png(results[name].probabilities[0, 0], output / f"mask-{name}.png")
+        console.info("[3/3] counting operations and energy")
+        activity = act.from_images(converted.int_graph, iter([("demo", images[0])]), 1)
+        report = analyze(converted, activity, get_model("float45"), [], "default model" if checkpoint is None else Path(checkpoint).name)
+        (output / "energy.json").write_text(json.dumps(report, indent=2))
+        loihi_file = model_dir / "loihi2.json"
+        loihi = json.loads(loihi_file.read_text()) if loihi_file.is_file() else None
+        return cls(model_dir, images[0], mask, results, report, loihi)
+
+    def agreement(self) -> dict[str, dict]:
+        """Each backend's mask against torch's, and whether integer backends equal the integer interpreter."""
+        import numpy as np
+
+        from medqk.convert.pipeline import mask_agreement
+
+        reference = self.results.get("torch")
+        golden = self.results.get("ir-int")
+        rows = {}
+        for name, r in self.results.items():
+            row = {"seconds": r.seconds}
+            if reference is not None:
+                row.update(mask_agreement(r.probabilities, reference.probabilities))
+            if golden is not None and name in ("onnx-int", "lava"):
+                row["bit_exact_with_ir_int"] = bool(np.array_equal(r.probabilities, golden.probabilities))
+            if self.mask is not None:
+                row["dice_vs_ground_truth"] = mask_agreement(r.probabilities[0, 0], self.mask.astype(np.float32))["dice"]
+            rows[name] = row
+        return rows
+
+    def summary(self) -> dict:
+        rows = self.agreement()
+        exact = all(r.get("bit_exact_with_ir_int", True) for r in rows.values())
+        close = all(r.get("dice", 1.0) >= 0.95 for r in rows.values())
+        t = self.energy_report["totals"]
+        baselines = {b["name"]: b["energy_pj"] for b in self.energy_report["baselines"]}
+        return {"model_dir": str(self.directory), "backends": rows, "all_agree": exact and close,
+                "energy_pj": {"snn": t["energy_pj"], **baselines}, "loihi2": (self.loihi or {}).get("summary")}
+
+    def format_summary(self) -> str:
+        lines = ["backend     time      Dice vs torch   integer output == ir-int"]
+        for name, r in self.agreement().items():
+            exact = {True: "yes", False: "NO"}.get(r.get("bit_exact_with_ir_int"), "")
+            lines.append(f"{name:<10}  {r['seconds']:7.3f} s  {r.get('dice', float('nan')):13.4f}   {exact}")
+        e = self.summary()["energy_pj"]
+        lines.append("energy per image: " + ", ".join(f"{k} {v / 1e6:.3g} uJ" for k, v in e.items()))
+        return "\n".join(lines)
+
+
+def write_report(run: DemoRun, path: Path) -> Path:
+    """One self-contained HTML page: input, masks side by side, energy, firing, Loihi 2 needs."""
+    import numpy as np
+
+    from medqk.energy.html import energy_sections
+    from medqk.htmlpage import Section, page, table, tile
+
+    rgb = run.image[::-1].transpose(1, 2, 0)  # the network sees BGR
+    tiles = [tile(rgb, "input image")]
+    if run.mask is not None:
+        tiles.append(tile(run.mask, "ground truth"))
+    agreement = run.agreement()
+    for name, r in run.results.items():
+        a = agreement[name]
+        caption = f"<b>{name}</b> {a['seconds']:.2f} s"
+        if "dice" in a:
+            caption += f"<br>Dice vs torch {a['dice']:.4f}"
+        if "bit_exact_with_ir_int" in a:
+            ok = a["bit_exact_with_ir_int"]
+            caption += f"<br><span class=\"{'ok' if ok else 'bad'}\">{'bit-exact with ir-int' if ok else 'differs from ir-int'}</span>"
+        tiles.append(tile(r.probabilities[0, 0] > 0.5, caption))
+    masks = Section("Predicted masks").add('<div class="grid">' + "".join(tiles) + "</div>")
+    sections = [masks, *energy_sections(run.energy_report)]
+    if run.loihi:
+        s = run.loihi.get("summary", {})
+        sections.append(Section("Loihi 2 resources").add(table(["figure", "value"], [[k, v] for k, v in s.items()])))
+    html = page("medqk demo", f"model directory <code>{run.directory}</code>", sections)
+    path.write_text(html)
+    return path
 
 
 if __name__ == "__main__":
