@@ -79,7 +79,8 @@ def evaluation_dataset(data: str, prep: Preprocessing, layout: str = "auto", spl
     if data == "synthetic":
         return synthetic_validation_set(synthetic_count, prep.size, seed)
     pairs = load_split(data, layout, val_fraction, seed)
-    return PairDataset(pairs.val if split == "val" else pairs.train + pairs.val, prep)
+    chosen = pairs.val if split == "val" else sorted(pairs.train + pairs.val, key=lambda pair: pair.name)
+    return PairDataset(chosen, prep)
 
 
 def write_prediction_pngs(folder: Path, name: str, image: np.ndarray, mask: np.ndarray, probability: np.ndarray,

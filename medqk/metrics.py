@@ -26,7 +26,8 @@ def confusion(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def _ratio(numerator: torch.Tensor, denominator: torch.Tensor, errors: torch.Tensor) -> torch.Tensor:
     empty_value = (errors == 0).double()
-    return torch.where(denominator > 0, numerator / denominator.clamp(min=1), empty_value)
+    safe = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+    return torch.where(denominator > 0, numerator / safe, empty_value)
 
 
 def image_metrics(prediction: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
