@@ -12,6 +12,16 @@ from medqk import console
 OUTPUT_WRITERS: list[Callable] = []
 
 
+def write_onnx(tmp_dir: Path, model) -> None:
+    """model.onnx and model-int.onnx (onnx is imported only when a model is written)."""
+    from medqk.convert.to_onnx import write_onnx_models
+
+    write_onnx_models(tmp_dir, model)
+
+
+OUTPUT_WRITERS.append(write_onnx)
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "convert", help="trace, fold and quantize a checkpoint into a model directory",

@@ -4,7 +4,10 @@
 single source of what every backend runs). Input ``image`` float32 [N, C, H, W], output
 ``probabilities`` [N, 1, H, W]; batch, height and width are dynamic (the upsampling is a ``Resize``
 with ``scales``, linear, ``align_corners``, which is torch's bilinear rule at any size). NISF is
-``Round(Clip(x * in_scale, 0, D))``; ONNX ``Round`` rounds half to even, as torch does.
+``Round(Clip(x * in_scale, 0, D))``; ONNX ``Round`` rounds half to even, as torch does. Two lowerings
+are chosen for onnxruntime's speed and compute the same sums: per-channel affines (BatchNorm after
+a residual sum) are 1x1 depthwise convolutions, and SDQK's pairwise grouped convolutions are a
+depthwise convolution plus a 0/1 1x1 convolution (see ``_pairwise_conv_float``).
 
 ``int_model(qgraph, meta)`` lowers the quantized graph. Input ``image_int`` int64 [N, C, H, W] (the
 host's ``io.quantize_input``), output ``logits`` int64 (the integer logits of the final sigmoid;
@@ -18,11 +21,12 @@ bit, because every op is chosen to be exact in onnxruntime's CPU kernels:
   Floor and Round return the exact integer results whatever the order of evaluation. Multiplying
   by 2**-k is exact too, so ``shift_round(v, k) = Floor((v + 2**(k-1)) * 2**-k)`` and the NISF's
   round-half-even shift is ``Round(v * 2**-k)`` (ONNX ``Round`` is half-to-even). int64 would be
-  exact as well, but ONNX ``Div`` truncates toward zero, ``BitShift`` is unsigned-only, and neither
-  vectorises in onnxruntime.
+  exact as well, but ONNX ``Div`` truncates toward zero and ``BitShift`` is unsigned-only, so
+  every floor shift would need extra ops. The lowering checks each op's bound and refuses a graph
+  whose intermediates could reach 2**53.
 - **Convolutions** run as float32 ``Conv``: the only ``Conv`` onnxruntime's CPU provider has
   (float64 is refused). float32 is exact while every partial sum is an integer of magnitude at
-  most 2**24, i.e. while ``max|x| * max_o sum|w_o|`` <= 2**24 (``S`` below; weights are 8-bit
+  most 2**24, i.e. while ``max|x| * S <= 2**24`` with ``S = max_o sum|w_o|`` (weights are 8-bit
   mantissas). Spike maps (0..D) always satisfy it. A 24-bit state does not, so it is split into
   digit planes of ``b`` bits (``(2**b - 1) * S <= 2**24``), each plane convolved exactly in
   float32 and the results recombined in float64. ``ConvInteger`` (int32 accumulation) is exact too,
@@ -47,6 +51,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from medqk.convert.fixed_point import STATE_BITS
 from medqk.convert.graph import SPIKE, Graph, Node
+from medqk.convert.kernels import FLOAT64_EXACT
 from medqk.convert.synapses import interp_matrix_int
 
 #: ONNX operator set of both models
@@ -59,38 +64,48 @@ FLOAT_INPUT, FLOAT_OUTPUT = "image", "probabilities"
 INT_INPUT, INT_OUTPUT = "image_int", "logits"
 #: float32 holds every integer of magnitude up to this exactly
 FLOAT32_EXACT = 2**24
-STATE_MIN, STATE_MAX = -(1 << (STATE_BITS - 1)), (1 << (STATE_BITS - 1)) - 1
+#: every tensor of an integer graph is within +-STATE_LIMIT (saturated states, spikes, their products)
+STATE_LIMIT = 1 << (STATE_BITS - 1)
+STATE_MIN, STATE_MAX = -STATE_LIMIT, STATE_LIMIT - 1
 
 
 class _Builder:
-    """Collects ONNX nodes and initializers; names each op after the IR node it lowers."""
+    """Collects ONNX nodes and initializers while one IR node at a time is lowered.
 
-    def __init__(self, dtype: np.dtype):
+    Every ONNX tensor an IR node's lowering creates is named ``<IR node>/<op><n>``; its result is
+    then renamed to the IR node's name, so the ONNX graph reads like the IR (and shape inference
+    can be compared with the IR node by node).
+    """
+
+    def __init__(self, graph: Graph, dtype):
+        self.graph = graph
         self.dtype = np.dtype(dtype)
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
-        self._constants: dict[tuple, str] = {}
+        self._scalars: dict[tuple, str] = {}
         self._casts: dict[tuple[str, int], str] = {}
         self.node_name = ""
         self._count = 0
 
     def const(self, value, dtype=None) -> str:
-        """An initializer; scalars are shared by dtype and value."""
+        """An initializer (in the model's dtype unless told); scalars are shared."""
         array = np.asarray(value, dtype=dtype or self.dtype)
         key = (array.dtype.str, array.item()) if array.ndim == 0 else None
-        if key in self._constants:
-            return self._constants[key]
-        name = f"{self.node_name}/const{len(self.initializers)}" if key is None else f"const/{array.dtype}/{array.item()!r}"
+        if key in self._scalars:
+            return self._scalars[key]
+        name = f"{self.node_name}/const{len(self.initializers)}" if key is None else f"scalar/{array.dtype}/{array.item()!r}"
         self.initializers.append(numpy_helper.from_array(array, name))
         if key is not None:
-            self._constants[key] = name
+            self._scalars[key] = name
         return name
 
-    def op(self, op_type: str, inputs: list[str], out: str | None = None, **attrs) -> str:
+    def op(self, op_type: str, inputs: list[str], outputs: int = 1, **attrs):
+        """Append one ONNX node; returns its output name (or names, when ``outputs`` > 1)."""
         self._count += 1
-        out = out or f"{self.node_name}/{op_type}{self._count}"
-        self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
-        return out
+        name = f"{self.node_name}/{op_type}{self._count}"
+        names = [name] if outputs == 1 else [f"{name}:{i}" for i in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, inputs, names, name=name, **attrs))
+        return names[0] if outputs == 1 else names
 
     def cast(self, name: str, to: int) -> str:
         """``name`` cast to ONNX type ``to``, once per tensor and type."""
@@ -99,34 +114,50 @@ class _Builder:
         return self._casts[(name, to)]
 
     def scaled(self, x: str, factor) -> str:
-        """x * factor, skipping the multiplication by one."""
+        """x * factor; no op for a factor of one."""
         return x if np.all(np.asarray(factor) == 1) else self.op("Mul", [x, self.const(factor)])
+
+    def shifted(self, x: str, offset) -> str:
+        """x + offset; no op for an offset of zero."""
+        return x if not np.any(np.asarray(offset)) else self.op("Add", [x, self.const(offset)])
+
+    def name_result(self, out: str, name: str) -> None:
+        """Give the IR node's result its name: rename the op that made it, or add an Identity."""
+        last = self.nodes[-1] if self.nodes else None
+        if last is not None and list(last.output) == [out] and out.startswith(f"{name}/") and out not in self._casts.values():
+            last.output[0] = last.name = name
+        else:
+            self.nodes.append(helper.make_node("Identity", [out], [name], name=name))
+
+    def input_shape(self, node: Node) -> tuple[int, ...]:
+        return tuple(self.graph[node.inputs[0]].tensor.shape)
 
 
 def _per_channel(values) -> np.ndarray:
     return np.asarray(values, dtype=np.float64).reshape(-1, 1, 1)
 
 
-# -- ops with one lowering for both models (structure only, any dtype) -----------------------
+def _sum(b: _Builder, terms: list[str]) -> str:
+    return terms[0] if len(terms) == 1 else b.op("Add" if len(terms) == 2 else "Sum", terms)
+
+
+def _conv_attrs(op) -> dict:
+    (ph, pw), (kh, kw) = op.padding, op.kernel
+    return dict(kernel_shape=[kh, kw], strides=list(op.stride), pads=[ph, pw, ph, pw], group=op.groups)
+
+
+# -- ops whose lowering is the same in both models (they only move or add exact values) -------
 
 def group_sum(b: _Builder, node: Node, x: str) -> str:
-    size = node.tensor.shape[0] and len(node.inputs) and None  # placeholder removed below
-    raise NotImplementedError
-
-
-def _group_sum(b: _Builder, node: Node, x: str, in_channels: int) -> str:
-    groups = node.op.groups
-    split = b.const(np.full(groups, in_channels // groups), np.int64)
-    parts = [f"{node.name}/part{g}" for g in range(groups)]
-    b.nodes.append(helper.make_node("Split", [x, split], parts, name=f"{node.name}/split", axis=1))
-    sums = [b.op("ReduceSum", [p, b.const(np.array([1]), np.int64)], keepdims=1) for p in parts]
-    return b.op("Concat", sums, axis=1)
+    groups, channels = node.op.groups, b.input_shape(node)[0]
+    parts = b.op("Split", [x, b.const(np.full(groups, channels // groups), np.int64)], outputs=groups, axis=1)
+    axis = b.const(np.array([1]), np.int64)
+    return b.op("Concat", [b.op("ReduceSum", [p, axis], keepdims=1) for p in parts], axis=1)
 
 
 def group_broadcast(b: _Builder, node: Node, x: str) -> str:
-    groups = node.tensor.shape[0] // node.op.repeats
-    indices = b.const(np.repeat(np.arange(groups), node.op.repeats), np.int64)
-    return b.op("Gather", [x, indices], axis=1)
+    groups = b.input_shape(node)[0]
+    return b.op("Gather", [x, b.const(np.repeat(np.arange(groups), node.op.repeats), np.int64)], axis=1)
 
 
 def concat(b: _Builder, node: Node, *xs: str) -> str:
@@ -139,3 +170,277 @@ def mul(b: _Builder, node: Node, x: str, y: str) -> str:
 
 def complement(b: _Builder, node: Node, x: str) -> str:
     return b.op("Sub", [b.const(node.op.one), x])
+
+
+# -- float model (float32, stored values of the float IR) --------------------------------------
+
+def input_float(b: _Builder, node: Node) -> str:
+    return FLOAT_INPUT
+
+
+def conv2d_float(b: _Builder, node: Node, x: str) -> str:
+    op = node.op
+    if op.groups == op.out_channels and op.weight.shape[1] > 1:
+        return _pairwise_conv_float(b, op, x)
+    inputs = [x, b.const(op.weight)] + ([b.const(op.bias)] if op.bias is not None else [])
+    return b.op("Conv", inputs, **_conv_attrs(op))
+
+
+def _pairwise_conv_float(b: _Builder, op, x: str) -> str:
+    """A grouped convolution with one output per group (SDQK's q and k: each output sees two
+    input channels) as a depthwise convolution, each input channel with its output's kernel,
+    then a 1x1 convolution with 0/1 weights that sums each group. Same sums; onnxruntime runs
+    both as fast blocked convolutions, whereas a grouped convolution runs one tiny matrix
+    product per group."""
+    out_channels, per_group = op.weight.shape[:2]
+    depthwise = b.op("Conv", [x, b.const(op.weight.reshape(-1, 1, *op.kernel))],
+                     **{**_conv_attrs(op), "group": out_channels * per_group})
+    group_sum = np.kron(np.eye(out_channels), np.ones(per_group)).reshape(out_channels, -1, 1, 1)
+    inputs = [depthwise, b.const(group_sum)] + ([b.const(op.bias)] if op.bias is not None else [])
+    return b.op("Conv", inputs, kernel_shape=[1, 1])
+
+
+def conv_transpose2d_float(b: _Builder, node: Node, x: str) -> str:
+    op = node.op
+    (ph, pw), (kh, kw) = op.padding, op.kernel
+    inputs = [x, b.const(op.weight)] + ([b.const(op.bias)] if op.bias is not None else [])
+    return b.op("ConvTranspose", inputs, kernel_shape=[kh, kw], strides=list(op.stride), pads=[ph, pw, ph, pw])
+
+
+def upsample_float(b: _Builder, node: Node, x: str) -> str:
+    # scales (not sizes) keep height and width dynamic; align_corners + linear is torch's bilinear
+    f = node.op.factor
+    return b.op("Resize", [x, "", b.const([1, 1, f, f], np.float32)], mode="linear",
+                coordinate_transformation_mode="align_corners")
+
+
+def nisf_float(b: _Builder, node: Node, x: str) -> str:
+    op = node.op
+    spikes = b.op("Round", [b.op("Clip", [b.scaled(x, op.in_scale), b.const(0), b.const(op.levels)])])
+    return spikes if op.integer_output else b.scaled(spikes, 1.0 / op.levels)
+
+
+def relu_float(b: _Builder, node: Node, x: str) -> str:
+    return b.op("Relu", [x])
+
+
+def sigmoid_float(b: _Builder, node: Node, x: str) -> str:
+    return b.op("Sigmoid", [b.scaled(x, node.op.in_scale)])
+
+
+def add_float(b: _Builder, node: Node, *xs: str) -> str:
+    return _sum(b, [b.scaled(x, c) for x, c in zip(xs, node.op.coefficients)])
+
+
+def _channel_affine(b: _Builder, x: str, scale: np.ndarray, offset: np.ndarray) -> str:
+    # a 1x1 depthwise convolution: one pass over x (Mul then Add would be two), and it stays in
+    # onnxruntime's blocked layout between the convolutions around it
+    return b.op("Conv", [x, b.const(np.reshape(scale, (-1, 1, 1, 1))), b.const(offset)], kernel_shape=[1, 1], group=len(scale))
+
+
+def affine_float(b: _Builder, node: Node, x: str) -> str:
+    return _channel_affine(b, x, node.op.scale, node.op.offset)
+
+
+def batchnorm_float(b: _Builder, node: Node, x: str) -> str:
+    return _channel_affine(b, x, *node.op.scale_offset())
+
+
+def maxpool2d_float(b: _Builder, node: Node, x: str) -> str:
+    k, s = node.op.kernel, node.op.stride
+    return b.op("MaxPool", [x], kernel_shape=[k, k], strides=[s, s])
+
+
+FLOAT_OPS = {
+    "input": input_float, "conv2d": conv2d_float, "conv_transpose2d": conv_transpose2d_float,
+    "upsample": upsample_float, "nisf": nisf_float, "relu": relu_float, "sigmoid": sigmoid_float,
+    "add": add_float, "mul": mul, "affine": affine_float, "batchnorm": batchnorm_float,
+    "complement": complement, "group_sum": group_sum, "group_broadcast": group_broadcast,
+    "concat": concat, "maxpool2d": maxpool2d_float,
+}
+
+
+# -- integer model (float64 holding integers; see the module docstring for why it is exact) -----
+
+def _require_exact(b: _Builder, bound: float) -> None:
+    """Refuse to build a model whose float64 intermediates could leave the exact integers."""
+    if bound >= FLOAT64_EXACT:
+        raise ValueError(f"node {b.node_name}: integer intermediates up to {bound:.3g} exceed 2**53, "
+                         "beyond float64's exact integers; the integer ONNX model cannot be bit-exact")
+
+
+def _requantize(b: _Builder, v: str, k: int, peak: float, multiplier=1, offset=0) -> str:
+    """``fixed_point.shift_round(v * multiplier + offset, k)`` for |v| <= peak, exactly, in float64:
+    ``Floor(v * (multiplier * 2**-k) + (offset + 2**(k-1)) * 2**-k)``. Both terms are the exact
+    integers ``v * multiplier`` and ``offset + 2**(k-1)`` (below 2**53, checked) times a power of
+    two, so the product, the sum and the floor are exact."""
+    half = 2.0 ** (k - 1) if k > 0 else 0.0
+    _require_exact(b, (peak * np.max(np.abs(multiplier)) + np.max(np.abs(offset)) + half) * max(1.0, 2.0**-k))
+    y = b.shifted(b.scaled(v, np.asarray(multiplier, dtype=np.float64) * 2.0**-k),
+                  (np.asarray(offset, dtype=np.float64) + half) * 2.0**-k)
+    return b.op("Floor", [y]) if k > 0 else y
+
+
+def _saturate(b: _Builder, v: str) -> str:
+    return b.op("Clip", [v, b.const(STATE_MIN), b.const(STATE_MAX)])
+
+
+def input_int(b: _Builder, node: Node) -> str:
+    return b.op("Cast", [INT_INPUT], to=TensorProto.DOUBLE)  # 24-bit integers: exact in float64
+
+
+def _plane_bits(peak: int, weight_sum: int) -> int | None:
+    """Bits per digit plane so that float32 convolution is exact (None: no split needed).
+
+    A partial sum of the convolution is bounded by ``max|x| * max_o sum|w_o|``; float32 holds it
+    exactly while that bound is at most 2**24."""
+    if peak * weight_sum <= FLOAT32_EXACT:
+        return None
+    fitting = [bits for bits in range(1, STATE_BITS) if ((1 << bits) - 1) * weight_sum <= FLOAT32_EXACT]
+    if not fitting:
+        raise ValueError(f"weights with sum|w| = {weight_sum} cannot be convolved exactly in float32")
+    return max(fitting)
+
+
+def _digit_planes(b: _Builder, x: str, bits: int) -> list[tuple[str, float]]:
+    """Split a 24-bit state into planes x = sum_p plane_p * 2**(bits * p): the low planes are
+    digits 0..2**bits - 1, the top one signed (|top| <= 2**(bits-1) because bits * count >= 24)."""
+    planes, rest = [], x
+    for p in range(math.ceil(STATE_BITS / bits) - 1):
+        high = b.op("Floor", [b.scaled(rest, 2.0**-bits)])
+        planes.append((b.op("Sub", [rest, b.scaled(high, 2.0**bits)]), 2.0 ** (bits * p)))
+        rest = high
+    planes.append((rest, 2.0 ** (bits * len(planes))))
+    return planes
+
+
+def conv2d_int(b: _Builder, node: Node, x: str) -> str:
+    op = node.op
+    source = b.graph[node.inputs[0]].tensor
+    peak = source.levels if source.kind == SPIKE else STATE_LIMIT
+    weight_sum = int(np.abs(op.weight_mantissa).reshape(op.out_channels, -1).sum(axis=1).max())
+    bits = _plane_bits(peak, weight_sum)
+    planes = [(x, 1.0)] if bits is None else _digit_planes(b, x, bits)
+    weight = b.const(op.weight_mantissa, np.float32)
+    partial = [b.scaled(b.cast(b.op("Conv", [b.cast(plane, TensorProto.FLOAT), weight], **_conv_attrs(op)),
+                               TensorProto.DOUBLE), place)
+               for plane, place in planes]
+    return _saturate(b, _requantize(b, _sum(b, partial), op.shift, peak * weight_sum, offset=_per_channel(op.bias_acc)))
+
+
+def upsample_int(b: _Builder, node: Node, x: str) -> str:
+    _, h, w = b.input_shape(node)
+    f, frac = node.op.factor, node.op.frac_bits
+    rows = b.const(interp_matrix_int(h, h * f, frac))
+    cols = b.const(interp_matrix_int(w, w * f, frac).T)
+    # interpolation rows sum to 2**frac per axis: |Uh @ x @ Uw.T| <= STATE_LIMIT * 2**(2 * frac)
+    return _requantize(b, b.op("MatMul", [b.op("MatMul", [rows, x]), cols]), 2 * frac, STATE_LIMIT * 4.0**frac)
+
+
+def nisf_int(b: _Builder, node: Node, x: str) -> str:
+    op = node.op
+    # Round is half-to-even, and x * multiplier * 2**-shift is exact: shift_round_half_even
+    _require_exact(b, STATE_LIMIT * abs(op.multiplier))
+    return b.op("Clip", [b.op("Round", [b.scaled(x, op.multiplier * 2.0**-op.shift)]), b.const(0), b.const(op.levels)])
+
+
+def sigmoid_int(b: _Builder, node: Node, x: str) -> str:
+    return b.op("Cast", [x], to=TensorProto.INT64)  # the integer logits (see neurons.Sigmoid)
+
+
+def add_int(b: _Builder, node: Node, *xs: str) -> str:
+    op = node.op
+    return _saturate(b, _sum(b, [_requantize(b, x, k, STATE_LIMIT, multiplier=m) for x, m, k in zip(xs, op.multipliers, op.shifts)]))
+
+
+def affine_int(b: _Builder, node: Node, x: str) -> str:
+    op = node.op
+    return _saturate(b, _requantize(b, x, op.shift, STATE_LIMIT, multiplier=_per_channel(op.multiplier), offset=_per_channel(op.offset_int)))
+
+
+INT_OPS = {
+    "input": input_int, "conv2d": conv2d_int, "upsample": upsample_int, "nisf": nisf_int,
+    "sigmoid": sigmoid_int, "add": add_int, "mul": mul, "affine": affine_int,
+    "complement": complement, "group_sum": group_sum, "group_broadcast": group_broadcast,
+    "concat": concat,
+}
+
+
+# -- models ------------------------------------------------------------------------------------
+
+def _lower(b: _Builder, ops: dict) -> None:
+    for node in b.graph.nodes():
+        lowering = ops.get(node.op.type)
+        if lowering is None:
+            raise ValueError(f"node {node.name}: op {node.op.type} has no lowering to this ONNX model "
+                             f"(supported: {', '.join(sorted(ops))})")
+        b.node_name = node.name
+        b.name_result(lowering(b, node, *node.inputs), node.name)
+
+
+def size_multiple(graph: Graph) -> int:
+    """What H and W must be multiples of: the input's size over the smallest map's (16 for MedQKFormer)."""
+    height = graph.input.tensor.shape[1]
+    return height // min(node.tensor.shape[1] for node in graph.nodes())
+
+
+def metadata(graph: Graph, meta: dict) -> dict[str, str]:
+    """The converted model's provenance as ONNX metadata_props (strings; JSON where structured)."""
+    from medqk import __version__
+
+    config = meta.get("model_config", {})
+    props = {
+        "medqk_version": meta.get("medqk_version", __version__),
+        "source_checkpoint_sha256": meta.get("source_checkpoint", {}).get("sha256"),
+        "preprocessing": meta.get("preprocessing"),
+        "nisf_levels": sorted({n.op.levels for n in graph.nodes() if n.op.type == "nisf"}),
+        "widths": config.get("widths"),
+        "image_size": meta.get("image_size"),
+        "size_multiple": size_multiple(graph),
+    }
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in props.items() if v is not None}
+
+
+def _model(b: _Builder, inputs, outputs, props: dict[str, str], doc: str) -> onnx.ModelProto:
+    graph = helper.make_graph(b.nodes, "medqk", inputs, outputs, b.initializers, doc_string=doc)
+    from medqk import __version__
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION,
+                              producer_name="medqk", producer_version=__version__)
+    helper.set_model_props(model, props)
+    return model
+
+
+def float_model(graph: Graph, meta: dict | None = None) -> onnx.ModelProto:
+    """ONNX model of a prepared float graph: float32 image [N, C, H, W] -> probabilities [N, 1, H, W],
+    batch, height and width dynamic."""
+    b = _Builder(graph, np.float32)
+    _lower(b, FLOAT_OPS)
+    b.nodes.append(helper.make_node("Identity", [graph.output.name], [FLOAT_OUTPUT], name=FLOAT_OUTPUT))
+    (channels, *size), (out_channels, *out_size) = graph.input.tensor.shape, graph.output.tensor.shape
+    out_dims = ["H", "W"] if out_size == size else [None, None]  # MedQKFormer: same size; others: unknown
+    return _model(b, [helper.make_tensor_value_info(FLOAT_INPUT, TensorProto.FLOAT, ["N", channels, "H", "W"])],
+                  [helper.make_tensor_value_info(FLOAT_OUTPUT, TensorProto.FLOAT, ["N", out_channels, *out_dims])],
+                  metadata(graph, meta or {}),
+                  "MedQKFormer float model lowered from medqk's spike-graph IR: preprocessed image in, probabilities out.")
+
+
+def int_model(qgraph: Graph, meta: dict | None = None) -> onnx.ModelProto:
+    """ONNX model of a quantized graph, bit-exact with ``interpret_int``: int64 image
+    (``io.quantize_input``) [N, C, H, W] -> int64 logits [N, 1, H, W]; H and W fixed."""
+    b = _Builder(qgraph, np.float64)
+    _lower(b, INT_OPS)
+    b.nodes.append(helper.make_node("Identity", [qgraph.output.name], [INT_OUTPUT], name=INT_OUTPUT))
+    props = {**metadata(qgraph, meta or {}), "input_frac_bits": str(qgraph.input.tensor.frac_bits),
+             "logit_scale": repr(float(qgraph.output.op.in_scale))}
+    return _model(b, [helper.make_tensor_value_info(INT_INPUT, TensorProto.INT64, ["N", *qgraph.input.tensor.shape])],
+                  [helper.make_tensor_value_info(INT_OUTPUT, TensorProto.INT64, ["N", *qgraph.output.tensor.shape])], props,
+                  "MedQKFormer integer model, bit-exact with medqk's integer interpreter: image quantized with "
+                  f"input_frac_bits in, integer logits out (probability = sigmoid(logits * logit_scale)).")
+
+
+def write_onnx_models(directory: Path, model) -> None:
+    """Writer for ``medqk convert`` (``serialize.save_model`` extra_writers): model.onnx and model-int.onnx."""
+    directory = Path(directory)
+    onnx.save_model(float_model(model.float_graph, model.meta), directory / FLOAT_FILE)
+    onnx.save_model(int_model(model.int_graph, model.meta), directory / INT_FILE)

@@ -94,3 +94,7 @@ BACKENDS: dict[str, Callable[[ModelHandle, np.ndarray], RunResult]] = {
     "ir": run_ir,
     "ir-int": run_ir_int,
 }
+
+from medqk.deploy.onnx_runtime import BACKENDS as _ONNX_BACKENDS  # noqa: E402  (onnx, onnx-int)
+
+BACKENDS.update(_ONNX_BACKENDS)
