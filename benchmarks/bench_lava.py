@@ -3,11 +3,17 @@
 - step overhead: a chain of trivial fused layers run for its natural steps, then for 1,000 more idle
   steps; the difference is what a process costs per step when it does not fire;
 - a 32 -> 32 3x3 convolution at 64x64 and 256x256 in the fused-layer model, on spikes (exact in
-  float32) and on 24-bit real values (float64): its busy time in the model and the whole run.
+  float32) and on 24-bit real values (float64): its busy time in the model and the whole run;
+- MedQKFormer at its published widths on one 256x256 image: Lava build and run next to the integer
+  interpreter, bit-exactness, where the time goes, and the peak memory of the whole process tree
+  (sum of PSS, so pages shared by the forked Lava processes count once).
 
     .venv/bin/python benchmarks/bench_lava.py
 """
+import os
+import threading
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -62,8 +68,87 @@ def bench_conv(size: int, spikes: bool) -> dict:
     return {"size": size, "spikes": spikes, "busy_s": result.busy_s["conv"], "run_s": result.run_s, "total_s": total}
 
 
+def _tree(pid: int) -> list[int]:
+    children = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children += (task / "children").read_text().split()
+        except OSError:
+            pass
+    return [pid] + [p for child in children for p in _tree(int(child))]
+
+
+def _pss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class PeakMemory:
+    """Samples the summed PSS of this process and all its descendants every 0.1 s."""
+
+    def __enter__(self):
+        self.peak, self._stop = 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.1):
+            self.peak = max(self.peak, sum(_pss_bytes(p) for p in _tree(os.getpid())))
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def bench_medqkformer_256() -> dict:
+    import gc
+
+    import torch
+
+    from medqk import MedQKFormer
+    from medqk.convert import interpret_int
+    from medqk.convert.io import quantize_input
+    from medqk.convert.pipeline import float_graph_of
+    from medqk.convert.quantize import quantize
+    from medqk.deploy.lava_lowering import run_image
+
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).random((1, 3, 256, 256)).astype(np.float32)
+    start = time.perf_counter()
+    graph, _ = quantize(float_graph_of(MedQKFormer().eval(), (256, 256)), x)
+    convert_s = time.perf_counter() - start
+    gc.collect()
+    x_int = quantize_input(x, graph.input.tensor.frac_bits)
+    start = time.perf_counter()
+    expected = interpret_int.run(graph, x_int)
+    interpreter_s = time.perf_counter() - start
+    host_before = _pss_bytes(os.getpid())
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        lava = run_image(graph, x_int)
+        total_s = time.perf_counter() - start
+    exact = np.array_equal(lava.logits, expected)
+    busy = sorted(lava.busy_s.items(), key=lambda kv: -kv[1])
+    print(f"MedQKFormer (published widths) 256x256, one image: integer interpreter {interpreter_s:.2f} s | Lava "
+          f"{total_s:.2f} s = build {lava.build_s:.2f} + run {lava.run_s:.2f} + read {lava.read_s:.2f} "
+          f"({lava.layers} fused layers, {lava.steps} steps); bit-exact: {exact}; peak memory (PSS, all processes) "
+          f"{memory.peak / 2**30:.2f} GiB (host alone before the run {host_before / 2**30:.2f} GiB); convert {convert_s:.1f} s")
+    print(f"  busy in the process models: {sum(lava.busy_s.values()):.2f} s in all; slowest: "
+          + ", ".join(f"{name} {seconds * 1e3:.0f} ms" for name, seconds in busy[:4]))
+    return {"interpreter_s": interpreter_s, "lava_s": total_s, "build_s": lava.build_s, "run_s": lava.run_s,
+            "read_s": lava.read_s, "steps": lava.steps, "layers": lava.layers, "bit_exact": exact,
+            "busy_s": sum(lava.busy_s.values()), "peak_pss_bytes": memory.peak, "host_pss_bytes": host_before}
+
+
 if __name__ == "__main__":
     bench_step_overhead()
     for size in (64, 256):
         for spikes in (True, False):
             bench_conv(size, spikes)
+    bench_medqkformer_256()

@@ -14,9 +14,14 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from lava.magma.core.process.ports.ports import InPort, OutPort
-from lava.magma.core.process.process import AbstractProcess
-from lava.magma.core.process.variable import Var
+
+from medqk.deploy.lava_runtime import require_lava
+
+require_lava()  # before Lava's own imports: they fail after a tqdm bar unless this runs first
+
+from lava.magma.core.process.ports.ports import InPort, OutPort  # noqa: E402
+from lava.magma.core.process.process import AbstractProcess  # noqa: E402
+from lava.magma.core.process.variable import Var  # noqa: E402
 
 from medqk.convert.fixed_point import STATE_BITS, saturated_count
 from medqk.deploy.lava_plan import COUNTERS, MAX_INPUTS, MAX_OUTPUTS, LayerPlan

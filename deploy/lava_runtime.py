@@ -12,6 +12,7 @@ works without Lava; using it without Lava raises a ``MedqkError`` saying how to 
 import contextlib
 import dataclasses
 import multiprocessing
+import sys
 import time
 from typing import Callable, Iterator, Mapping, Sequence
 
@@ -22,12 +23,29 @@ from medqk.errors import MedqkError
 
 #: seconds a Lava child process gets to exit after SIGTERM before it is killed
 _TERMINATE_TIMEOUT = 5.0
+#: the Lava module that sets the multiprocessing start method when imported
+_LAVA_MULTIPROCESSING = "lava.magma.runtime.message_infrastructure.multiprocessing"
 
 Progress = Callable[[int, int], None]
 
 
+def _free_start_method() -> None:
+    """Let Lava's import set the 'fork' start method again.
+
+    Importing Lava calls ``multiprocessing.set_start_method('fork')`` without ``force``, which fails
+    once anything in this Python has fixed the start method (a tqdm progress bar's lock does).
+    """
+    if _LAVA_MULTIPROCESSING in sys.modules:
+        return
+    method = multiprocessing.get_start_method(allow_none=True)
+    if method not in (None, "fork"):
+        raise MedqkError(f"Lava runs its processes with the 'fork' start method; this Python uses {method!r}")
+    multiprocessing.set_start_method(None, force=True)
+
+
 def require_lava() -> None:
     """Import Lava's core, or raise a MedqkError that says how to install it."""
+    _free_start_method()
     try:
         import lava.magma.core.run_configs  # noqa: F401
     except Exception as error:  # ImportError, or the ValueError of unpatched lava-nc on Python 3.11

@@ -399,3 +399,18 @@ def test_host_that_used_torch_threads_before_the_run():
     finally:
         kill_group(proc.pid)
     assert out.strip() == str(32 * 9), err
+
+
+def test_lava_imports_after_a_progress_bar():
+    """A tqdm bar fixes multiprocessing's start method; Lava's import sets it again without force."""
+    proc = python("""
+        from tqdm import tqdm
+        list(tqdm(range(3)))
+        import medqk.deploy.lava_processes
+        print("imported")
+        """)
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        kill_group(proc.pid)
+    assert out.strip() == "imported", err
