@@ -59,6 +59,10 @@ def _register_train(subparsers) -> None:
     parser.add_argument("--lr-patience", type=_positive_int, default=30,
                         help="ReduceLROnPlateau patience on the val loss (default 30)")
     parser.add_argument("--target-dice", type=float, default=None, help="stop as soon as val DSC reaches this")
+    parser.add_argument("--freeze-bn-from", type=_positive_int, default=None, metavar="EPOCH",
+                        help="from this epoch on, estimate BatchNorm statistics once over the training images and "
+                             "train with them frozen, so training optimises the network that is evaluated and "
+                             "deployed (not in the paper's recipe; see README)")
     parser.add_argument("--synthetic-count", type=_positive_int, default=256,
                         help="synthetic training images (validation: a quarter, at least 16) (default 256)")
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="train without augmentation")
@@ -91,7 +95,7 @@ def run_train(args: argparse.Namespace) -> int:
         data=args.data, layout=args.layout, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         image_size=args.image_size, widths=tuple(args.widths), levels=args.levels, channel_order=args.channel_order,
         out=args.out, resume=args.resume, seed=args.seed, device=args.device, val_fraction=args.val_fraction,
-        patience=args.patience, lr_patience=args.lr_patience, target_dice=args.target_dice,
+        patience=args.patience, lr_patience=args.lr_patience, target_dice=args.target_dice, freeze_bn_from=args.freeze_bn_from,
         synthetic_count=args.synthetic_count, augment=args.augment, workers=args.workers,
     )
     train(options)

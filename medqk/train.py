@@ -54,6 +54,7 @@ class TrainOptions:
     patience: int = 50                  #: epochs without a better val mIoU before stopping
     lr_patience: int = 30
     target_dice: float | None = None    #: stop as soon as val DSC reaches this
+    freeze_bn_from: int | None = None   #: from this epoch on, BatchNorm statistics are estimated once and frozen
     synthetic_count: int = 256          #: synthetic training images (validation: a quarter, at least 16)
     augment: bool = True
     workers: int = 0
@@ -227,6 +228,12 @@ class Trainer:
         self.network.train()
         self.sampler.set_epoch(epoch)
         self.train_set.set_epoch(epoch)
+        freeze_from = self.options.freeze_bn_from
+        if freeze_from is not None and epoch >= freeze_from:
+            if epoch == freeze_from:
+                self._estimate_batchnorm_statistics()
+            for norm in batchnorms(self.model):
+                norm.eval()
         device = self.process.device
         loss_sum, count = 0.0, 0
         batches = console.progress(self.loader, desc=f"epoch {epoch}/{self.options.epochs}", total=len(self.loader), unit="batch")
@@ -243,6 +250,22 @@ class Trainer:
         totals = torch.tensor([loss_sum, count], dtype=torch.float64, device=device)
         dist.all_reduce(totals)
         return float(totals[0] / totals[1])
+
+    def _estimate_batchnorm_statistics(self) -> None:
+        """Population statistics of one pass over the training images (a plain average, not the
+        running average that lags behind the weights), the same in every process."""
+        norms = batchnorms(self.model)
+        momenta = [norm.momentum for norm in norms]
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # cumulative average
+        with torch.no_grad():
+            for images, _ in console.progress(self.loader, desc="BatchNorm statistics", total=len(self.loader), unit="batch"):
+                self.model(images.to(self.process.device))
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
+        self._share_batchnorm_statistics()
+        console.info("BatchNorm statistics estimated over the training images and frozen from now on")
 
     def _share_batchnorm_statistics(self) -> None:
         """Each process updated its BatchNorm running statistics on its own images; validate
@@ -275,6 +298,10 @@ class Trainer:
         write_curves(self.history, self.out / "curves.png")
         (self.out / "metrics.json").write_text(json.dumps(
             {"best": self.best, "stopped": stopped, "data": self.data_record, "history": self.history}, indent=2) + "\n")
+
+
+def batchnorms(model: torch.nn.Module) -> list[torch.nn.BatchNorm2d]:
+    return [module for module in model.modules() if isinstance(module, torch.nn.BatchNorm2d)]
 
 
 class RunLog:
