@@ -88,7 +88,7 @@ def format_summary(info: dict) -> str:
     kinds = ", ".join(f"{v} {k}" for k, v in info["tensor_kinds"].items())
     return "\n".join([
         f"converted -> {info['output']}  ({', '.join(info['files'])})",
-        f"  graph      {info['nodes']} nodes, depth {info['depth']}, {info['parameters']:,} parameters, input {info['image_size'][0]}x{info['image_size'][1]}",
+        f"  graph      {info['nodes']} nodes, depth {info['depth']}, {info['parameters']:,} parameters (BatchNorm folded), input {info['image_size'][0]}x{info['image_size'][1]}",
         f"  ops        {ops}",
         f"  tensors    {kinds}",
         f"  quantized  median relative RMS error {q['median_rel_rms_error']:.2e} (real tensors), "
