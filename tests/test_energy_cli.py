@@ -7,6 +7,7 @@ from PIL import Image
 
 from medqk.checkpoint import save_checkpoint
 from medqk.cli import main
+from medqk.convert.pipeline import convert_module
 from medqk.data.preprocess import Preprocessing
 from medqk.energy import activity as act
 from medqk.energy.commands import open_subject
@@ -82,9 +83,9 @@ def test_bad_inputs_end_with_a_clear_message(model_dir, tmp_path, capsys, extra,
     assert err.startswith("medqk energy: error:") and message in err
 
 
-def test_activity_file_of_another_model_is_refused(model_dir, checkpoint, tmp_path, capsys):
-    other = open_subject(checkpoint, (48, 48))
-    activity = act.from_images(other.int_graph, [("x", random_images(1, 48)[0])], 1)
+def test_activity_file_of_another_model_is_refused(model_dir, tmp_path, capsys):
+    other = convert_module(small_model(seed=1), (SIZE, SIZE), random_images(1, SIZE), {})[0]
+    activity = act.from_images(other.int_graph, [("x", random_images(1, SIZE)[0])], 1)
     path = act.write_file(tmp_path / "activity.json", activity, other.int_graph)
     assert main(["-q", "energy", "report", str(model_dir), "--activity", str(path)]) == 2
     assert "was recorded on another model" in capsys.readouterr().err
