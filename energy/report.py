@@ -33,9 +33,9 @@ def _layer_row(layer: LayerCount, model: EnergyModel, twin: LayerCount) -> dict:
 
 
 def _baseline_row(b: Baseline, model: EnergyModel, snn_energy: float) -> dict:
-    energy = model.layer_energy(b.macs, 0, 0)
+    pj = model.layer_energy(b.macs, 0, 0)
     return {"name": b.name, "params": b.params, "macs": b.macs, "macs_by_op": b.macs_by_op,
-            "thop_macs": b.thop_macs, "energy_pj": energy, "energy_vs_snn": energy / snn_energy if snn_energy else None}
+            "thop_macs": b.thop_macs, "energy_pj": pj, "energy_vs_snn": pj / snn_energy if snn_energy else None}
 
 
 def build(model: dict, layers: list[LayerCount], other_ops: dict[str, int], activity: Activity,
