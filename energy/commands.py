@@ -37,6 +37,8 @@ def register(subparsers) -> None:
     r.add_argument("--json", type=Path, metavar="F", help="write the full report as JSON")
     r.add_argument("--markdown", type=Path, metavar="F", help="write the report as Markdown")
     r.add_argument("--plot", type=Path, metavar="F", help="draw per-layer energy, SNN vs ANN twin (PNG)")
+    r.add_argument("--html", type=Path, metavar="F",
+                   help="write one self-contained HTML page: input and mask, energy charts, firing per NISF population")
     r.set_defaults(func=run_report)
 
 
@@ -124,12 +126,41 @@ def analyze(converted, activity, energy_model, extra: list, name: str) -> dict:
     return build(model, layers, other_ops(graph), activity, energy_model, baselines)
 
 
+class _keeping_first:
+    """Iterate (label, image) pairs, remembering the first image (for the HTML page)."""
+
+    def __init__(self, pairs):
+        self._pairs, self.first = iter(pairs), None
+
+    def __iter__(self):
+        for label, image in self._pairs:
+            if self.first is None:
+                self.first = (label, image)
+            yield label, image
+
+
+def write_html(path: Path, report: dict, converted, first_image) -> None:
+    """The report as one HTML page; with images, the first one and its integer-graph mask on top."""
+    from medqk.convert.pipeline import int_probabilities
+    from medqk.energy.html import energy_sections
+    from medqk.htmlpage import Section, page, tile
+
+    sections = energy_sections(report)
+    if first_image is not None:
+        label, image = first_image
+        mask = int_probabilities(converted.int_graph, image[None])[0, 0] > 0.5
+        tiles = tile(image[::-1].transpose(1, 2, 0), f"{label} (input)") + tile(mask, "integer graph mask")
+        sections.insert(0, Section("Input").add(f'<div class="grid">{tiles}</div>'))
+    path.write_text(page(f"Energy report: {report['model']['name']}", report["activity"]["source"], sections))
+
+
 def run_report(args) -> int:
     from medqk.energy import activity as act
     from medqk.energy.models import get_model
     from medqk.energy.report import PLOT_SUFFIXES, format_markdown, format_terminal, plot
 
     energy_model = get_model(args.energy_model)
+    first_image = None
     if args.plot and args.plot.suffix.lower() not in PLOT_SUFFIXES:
         raise InputError(f"--plot {args.plot}: use a file name ending in {', '.join(PLOT_SUFFIXES)}")
     converted = open_subject(args.model, tuple(args.image_size) if args.image_size else None)
@@ -140,13 +171,16 @@ def run_report(args) -> int:
         files = [args.image] if args.image else image_files(args.images) if args.images else None
         count, images, described = image_inputs(converted, files)
         console.info(f"running {count} image{'s' * (count != 1)} through the integer interpreter: {described}")
+        images = _keeping_first(images)
         activity = act.from_images(converted.int_graph, images, count)
+        first_image = images.first
     name = args.model.name if args.model else "default model"
     report = analyze(converted, activity, energy_model, extra, name)
     console.info(format_terminal(report))
     for path, write in ((args.json, lambda p: p.write_text(json.dumps(report, indent=2))),
                         (args.markdown, lambda p: p.write_text(format_markdown(report))),
-                        (args.plot, lambda p: plot(report, p))):
+                        (args.plot, lambda p: plot(report, p)),
+                        (args.html, lambda p: write_html(p, report, converted, first_image))):
         if path:
             write(path)
             console.info(f"wrote {path}")

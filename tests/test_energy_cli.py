@@ -89,3 +89,14 @@ def test_activity_file_of_another_model_is_refused(model_dir, tmp_path, capsys):
     path = act.write_file(tmp_path / "activity.json", activity, other.int_graph)
     assert main(["-q", "energy", "report", str(model_dir), "--activity", str(path)]) == 2
     assert "was recorded on another model" in capsys.readouterr().err
+
+
+def test_energy_report_writes_a_self_contained_html_page(tmp_path):
+    from medqk.cli import main
+
+    page = tmp_path / "energy.html"
+    assert main(["-q", "energy", "report", "--html", str(page)]) == 0
+    html = page.read_text()
+    assert html.startswith("<!DOCTYPE html>") and "Energy: SNN vs ANN twin vs U-Net" in html
+    assert html.count('src="data:image/png;base64,') == 4  # input, its mask, energy chart, firing chart
+    assert "http" not in html.split("<body>")[1]  # nothing to fetch
