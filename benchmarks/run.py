@@ -25,6 +25,9 @@ def registry() -> dict:
         spec = importlib.util.spec_from_file_location(f"medqk_benchmarks.{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
+        if not hasattr(module, "BENCHMARKS"):
+            print(f"warning: {path.name} defines no BENCHMARKS dict; skipped", file=sys.stderr)
+            continue
         for name, fn in module.BENCHMARKS.items():
             if name in entries:
                 raise SystemExit(f"benchmark name '{name}' is defined twice (second time in {path.name})")
