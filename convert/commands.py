@@ -10,6 +10,7 @@ from medqk import console
 #: Functions ``(tmp_dir, converted_model)`` that add files to a model directory before it is
 #: renamed into place (ONNX models, the Loihi 2 resource report). Backends append to it.
 OUTPUT_WRITERS: list[Callable] = []
+#: (a writer may return a line or two for the convert summary)
 
 
 def write_onnx(tmp_dir: Path, model) -> None:
@@ -61,10 +62,12 @@ def run_convert(args) -> int:
         raise InputError(f"output directory {out} exists and is not empty; choose another or pass --force")
     converted, report, agreement, _ = convert_checkpoint(args.checkpoint, args.image_size, args.calibrate, args.calibration_count)
     converted.meta["quantization"] = [vars(r) for r in report]
-    save_model(converted, out, force=args.force, extra_writers=OUTPUT_WRITERS)
+    notes: list[str] = []
+    writers = [lambda d, m, w=w: notes.append(w(d, m)) for w in OUTPUT_WRITERS]
+    save_model(converted, out, force=args.force, extra_writers=writers)
     info = {**summary(converted), "output": str(out), "agreement_with_torch": agreement,
             "quantization": quantization_summary(report), "files": sorted(p.name for p in out.iterdir())}
-    console.info(format_summary(info))
+    console.info("\n".join([format_summary(info), *filter(None, notes)]))
     if args.json:
         args.json.write_text(json.dumps(info, indent=2))
     return 0

@@ -95,6 +95,8 @@ BACKENDS: dict[str, Callable[[ModelHandle, np.ndarray], RunResult]] = {
     "ir-int": run_ir_int,
 }
 
+from medqk.deploy.lava_lowering import BACKENDS as _LAVA_BACKENDS  # noqa: E402  (lava)
 from medqk.deploy.onnx_runtime import BACKENDS as _ONNX_BACKENDS  # noqa: E402  (onnx, onnx-int)
 
 BACKENDS.update(_ONNX_BACKENDS)
+BACKENDS.update(_LAVA_BACKENDS)

@@ -7,6 +7,18 @@ from pathlib import Path
 import numpy as np
 
 from medqk import console
+from medqk.convert.commands import OUTPUT_WRITERS
+
+
+def write_loihi2(directory: Path, model) -> str:
+    """Convert writer: loihi2.json, the Loihi 2 resource report; returns its summary for the terminal."""
+    from medqk.deploy.resources import format_summary, loihi2_report, write_loihi2_json
+
+    write_loihi2_json(directory, model)
+    return format_summary(loihi2_report(model.int_graph))
+
+
+OUTPUT_WRITERS.append(write_loihi2)
 
 
 def register(subparsers) -> None:
@@ -25,6 +37,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=Path, metavar="MASK.png", help="write the 0.5-thresholded mask as PNG")
     p.add_argument("--save-probs", type=Path, metavar="F.npy", help="write the H x W probabilities (float32)")
     p.add_argument("--json", type=Path, metavar="F", help="write what ran and what came out as JSON")
+    p.add_argument("--activity", type=Path, metavar="F",
+                   help="lava: write the measured spikes and synaptic operations per layer (for `medqk energy report --activity`)")
     p.set_defaults(func=run_command)
 
 
@@ -53,9 +67,41 @@ def save_mask_png(probabilities: np.ndarray, path: Path) -> None:
     Image.fromarray(((probabilities > 0.5) * 255).astype(np.uint8)).save(path)
 
 
+def lava_lines(info: dict, graph) -> list[str]:
+    """What a Lava run reports: steps, timings, and activity per NISF population and synaptic layer."""
+    lines = [f"lava: {info['fused_layers']} fused-layer processes, {info['steps']} time steps; build {info['build_seconds']:.2f} s, "
+             f"run {info['run_seconds']:.2f} s, read {info['read_seconds']:.2f} s"]
+    for name, counts in info["activity"].items():
+        if "nonzero" in counts:
+            neurons = int(np.prod(graph[name].tensor.shape)) * info["images"]
+            lines.append(f"  {name:<46} NISF  {100 * counts['nonzero'] / neurons:5.1f}% firing, spike sum {counts['spike_sum']:,}")
+        elif _spike_fed(graph, name):
+            lines.append(f"  {name:<46} syn   {counts['events']:,} events, {counts['acs']:,} ACs")
+        else:  # graded 24-bit payloads: every connection is a multiply-accumulate
+            lines.append(f"  {name:<46} syn   real-valued input, {counts['events']:,} synaptic ops")
+    return lines
+
+
+def _spike_fed(graph, name: str) -> bool:
+    from medqk.convert.graph import SPIKE
+
+    return graph[graph[name].inputs[0]].tensor.kind == SPIKE
+
+
+def write_activity(path: Path, info: dict, graph) -> None:
+    from medqk.convert.activity_format import activity_document
+
+    pops = {k: v for k, v in info["activity"].items() if "nonzero" in v}
+    syns = {k: v for k, v in info["activity"].items() if "acs" in v and _spike_fed(graph, k)}
+    path.write_text(json.dumps(activity_document(graph, info["images"], pops, syns), indent=1))
+
+
 def run_command(args) -> int:
     from medqk.deploy.backends import BACKENDS, ModelHandle
+    from medqk.errors import InputError
 
+    if args.activity and args.backend != "lava":
+        raise InputError("--activity records a Lava run's spikes: use it with --backend lava")
     handle = ModelHandle(args.model, tuple(args.image_size) if args.image_size else None)
     images = load_input(handle, args.image)
     result = BACKENDS[args.backend](handle, images)
@@ -68,6 +114,11 @@ def run_command(args) -> int:
     }
     console.info(f"{args.backend}: {probs.shape[0]}x{probs.shape[1]} mask, {100 * record['foreground_fraction']:.2f}% foreground, "
                  f"{result.seconds:.3f} s")
+    if args.backend == "lava":
+        console.info("\n".join(lava_lines(result.info, handle.converted.int_graph)))
+    if args.activity:
+        write_activity(args.activity, result.info, handle.converted.int_graph)
+        console.info(f"activity -> {args.activity}")
     if args.out:
         save_mask_png(probs, args.out)
         console.info(f"mask -> {args.out}")

@@ -4,21 +4,11 @@ Two sources, one result (``Activity``):
 
 - images run through the IR interpreter (the integer interpreter for a quantized graph, the default;
   the float interpreter's spike maps are the same integers up to quantization);
-- a Lava run's activity file (``--activity F``), JSON written by the Lava backend::
-
-    {"format": "medqk-activity", "version": 1,
-     "model_sha256": "<graph_sha256 of the integer graph that ran>",
-     "images": 3,
-     "populations": {"<NISF node>": {"neurons": 2097152, "spike_sum": 81234, "nonzero": 40211}, ...},
-     "synapses": {"<spike-fed synaptic node>": {"acs": 5123456, "events": 2534112}, ...}}
-
-  with counts summed over the images (``neurons`` per image). ``acs`` = sum over delivered spikes of
-  payload x fan-out, ``events`` = delivered spikes x fan-out (synaptic ops of graded spikes).
+- a Lava run's activity file (``--activity F``; format in ``medqk.convert.activity_format``).
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 from typing import Iterable
@@ -26,13 +16,10 @@ from typing import Iterable
 import numpy as np
 
 from medqk import console
+from medqk.convert.activity_format import FORMAT, VERSION, activity_document, graph_sha256
 from medqk.convert.graph import SPIKE, Graph
 from medqk.energy.counting import input_kind, synaptic_nodes, unit_count
 from medqk.errors import InputError
-
-FORMAT = "medqk-activity"
-VERSION = 1
-
 
 @dataclasses.dataclass
 class Population:
@@ -123,23 +110,10 @@ def from_images(graph: Graph, images: Iterable[tuple[str, np.ndarray]], count: i
     return activity
 
 
-def graph_sha256(graph: Graph) -> str:
-    """A fingerprint of a graph's structure and every array (the model an activity file belongs to)."""
-    from medqk.convert.serialize import graph_to_json
-
-    arrays: dict[str, np.ndarray] = {}
-    digest = hashlib.sha256(json.dumps(graph_to_json(graph, "g", arrays), sort_keys=True).encode())
-    for key in sorted(arrays):
-        digest.update(key.encode())
-        digest.update(np.ascontiguousarray(arrays[key]).tobytes())
-    return digest.hexdigest()
-
-
 def write_file(path: Path, activity: Activity, graph: Graph) -> Path:
     """Write ``activity`` (recorded on ``graph``, the integer graph) in the activity-file format."""
-    doc = {"format": FORMAT, "version": VERSION, "model_sha256": graph_sha256(graph), "images": activity.images,
-           "populations": {k: dataclasses.asdict(p) for k, p in activity.populations.items()},
-           "synapses": {k: {"acs": a, "events": e} for k, (a, e) in activity.synapses.items()}}
+    doc = activity_document(graph, activity.images, {k: dataclasses.asdict(p) for k, p in activity.populations.items()},
+                            {k: {"acs": a, "events": e} for k, (a, e) in activity.synapses.items()})
     Path(path).write_text(json.dumps(doc, indent=1))
     return Path(path)
 

@@ -108,7 +108,7 @@ def analyze(converted, activity, energy_model, extra: list, name: str) -> dict:
     baselines and the ``extra`` ones."""
     from medqk.convert.trace import trace
     from medqk.energy import baselines as bl
-    from medqk.energy.activity import graph_sha256
+    from medqk.convert.activity_format import graph_sha256
     from medqk.energy.counting import count_layers, other_ops, thop_counts
     from medqk.energy.report import build
     from medqk.model import MedQKFormer, ModelConfig, count_parameters

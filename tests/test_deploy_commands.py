@@ -56,3 +56,29 @@ def test_run_refuses_an_unreadable_image(model_dir, tmp_path, capsys):
     (tmp_path / "broken.png").write_bytes(b"not a png")
     assert main(["run", str(model_dir), "--image", str(tmp_path / "broken.png")]) == 2
     assert "broken.png" in capsys.readouterr().err
+
+
+def test_lava_run_is_bit_exact_and_its_activity_feeds_the_energy_report(model_dir, tmp_path, capsys):
+    lava, ref, activity = tmp_path / "lava.npy", tmp_path / "int.npy", tmp_path / "activity.json"
+    assert main(["run", str(model_dir), "--backend", "lava", "--save-probs", str(lava), "--activity", str(activity)]) == 0
+    out = capsys.readouterr().out
+    assert "fused-layer processes" in out and "time steps" in out and "% firing" in out
+    assert main(["-q", "run", str(model_dir), "--backend", "ir-int", "--save-probs", str(ref)]) == 0
+    assert np.array_equal(np.load(lava), np.load(ref))
+    from_lava, from_interpreter = tmp_path / "a.json", tmp_path / "b.json"
+    assert main(["-q", "energy", "report", str(model_dir), "--activity", str(activity), "--json", str(from_lava)]) == 0
+    assert main(["-q", "energy", "report", str(model_dir), "--json", str(from_interpreter)]) == 0
+    a, b = json.loads(from_lava.read_text()), json.loads(from_interpreter.read_text())
+    assert a["totals"] == b["totals"] and a["firing"] == b["firing"]
+
+
+def test_activity_needs_the_lava_backend(model_dir, tmp_path, capsys):
+    assert main(["run", str(model_dir), "--backend", "ir", "--activity", str(tmp_path / "a.json")]) == 2
+    assert "--backend lava" in capsys.readouterr().err
+
+
+def test_convert_writes_the_loihi2_report(model_dir):
+    doc = json.loads((model_dir / "loihi2.json").read_text())
+    s = doc["summary"]
+    assert s["layers"] == 57 and s["cores"] >= 1 and s["chips"] >= 1
+    assert {f["what"] for f in doc["figures"]} and all("source" in f for f in doc["figures"])
