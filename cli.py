@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: backends the demo runs, in this order, where registered
 DEMO_BACKENDS = ("torch", "ir", "ir-int", "onnx", "onnx-int", "lava")
+INTEGER_BACKENDS = ("ir-int", "onnx-int", "lava")
+#: least mask Dice against torch for the demo to call the backends in agreement
+DEMO_FLOAT_DICE, DEMO_INT_DICE = 0.99, 0.9
 
 
 def register_demo(subparsers) -> None:
@@ -173,7 +176,9 @@ class DemoRun:
     def summary(self) -> dict:
         rows = self.agreement()
         exact = all(r.get("bit_exact_with_ir_int", True) for r in rows.values())
-        close = all(r.get("dice", 1.0) >= 0.95 for r in rows.values())
+        # float backends must reproduce torch; integer ones differ from it by quantization only
+        close = all(r.get("dice", 1.0) >= (DEMO_INT_DICE if name in INTEGER_BACKENDS else DEMO_FLOAT_DICE)
+                    for name, r in rows.items())
         t = self.energy_report["totals"]
         baselines = {b["name"]: b["energy_pj"] for b in self.energy_report["baselines"]}
         return {"model_dir": str(self.directory), "backends": rows, "all_agree": exact and close,
