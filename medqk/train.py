@@ -29,7 +29,7 @@ import medqk
 from medqk import console
 from medqk.checkpoint import load_checkpoint_payload, save_checkpoint
 from medqk.data import Augmentation, PairDataset, Preprocessing, SyntheticDataset, load_split, synthetic_validation_set
-from medqk.errors import CheckpointError, MedqkError
+from medqk.errors import CheckpointError, InputError, MedqkError
 from medqk.evaluate import evaluate
 from medqk.metrics import segmentation_loss
 from medqk.model import MedQKFormer, ModelConfig, check_input_shape
@@ -136,8 +136,7 @@ class Trainer:
         else:
             self.prep = Preprocessing((options.image_size,) * 2, options.channel_order)
             check_input_shape((1, self.prep.channels) + self.prep.size, self.prep.channels)
-            config = ModelConfig(widths=options.widths, in_channels=self.prep.channels, levels=options.levels)
-            self.model = MedQKFormer(config)
+            self.model = MedQKFormer(self._config())
         self.model.to(process.device)
         self.train_set, self.val_set, self.data_record = self._datasets()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=options.lr)
@@ -165,6 +164,12 @@ class Trainer:
             raise CheckpointError(f"--resume: {self.last_path} has no optimiser state to continue from")
         console.info(f"resuming {self.last_path} after epoch {metadata['resume']['epoch']}; configuration and preprocessing from it")
         return model, metadata
+
+    def _config(self) -> ModelConfig:
+        try:
+            return ModelConfig(widths=self.options.widths, in_channels=self.prep.channels, levels=self.options.levels)
+        except ValueError as error:
+            raise InputError(f"--widths {' '.join(map(str, self.options.widths))}: {error}") from None
 
     def _datasets(self):
         options = self.options

@@ -114,6 +114,11 @@ def test_train_command_refuses_a_size_that_is_not_a_multiple_of_16(tmp_path, cap
     assert "multiples of 16" in capsys.readouterr().err
 
 
+def test_train_command_refuses_widths_that_do_not_split_into_heads(tmp_path, capsys):
+    assert main(["train", "--widths", "8", "16", "32", "60", "--epochs", "1", "--out", str(tmp_path / "run")]) == 2
+    assert "--widths 8 16 32 60: each width must be a multiple of 8" in capsys.readouterr().err
+
+
 def test_two_process_data_parallel_training_on_cpu(tmp_path):
     out = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
