@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import SMALL_WIDTHS, randomise_batchnorm
+from support import SMALL_WIDTHS, randomize_batchnorm
 from medqk import MedQKFormer, ModelConfig, load_checkpoint
 from medqk.checkpoint import file_sha256, load_checkpoint_payload, save_checkpoint
 from medqk.data import Preprocessing
@@ -28,7 +28,7 @@ def test_reference_bare_state_dict_loads_and_gives_identical_outputs(tmp_path, s
 
 
 def test_published_configuration_is_inferred_from_a_bare_state_dict(tmp_path):
-    model = randomise_batchnorm_and_return(MedQKFormer())
+    model = randomize_batchnorm(MedQKFormer())
     path = tmp_path / "published.pth"
     torch.save(model.state_dict(), path)
     loaded, metadata = load_checkpoint_payload(path)
@@ -36,11 +36,6 @@ def test_published_configuration_is_inferred_from_a_bare_state_dict(tmp_path):
     assert metadata["format"] == "bare-state-dict" and metadata["format_version"] is None
     assert metadata["preprocessing"] == Preprocessing().to_dict()
     assert torch.equal(outputs(loaded), outputs(model))
-
-
-def randomise_batchnorm_and_return(model):
-    randomise_batchnorm(model)
-    return model.eval()
 
 
 @pytest.mark.parametrize("wrap", [lambda sd: {"state_dict": sd}, lambda sd: {"model": sd},
@@ -57,7 +52,7 @@ def test_other_input_and_output_channels_are_inferred(tmp_path):
 
 
 def test_medqk_checkpoint_round_trip_keeps_everything(tmp_path):
-    model = randomise_batchnorm_and_return(MedQKFormer(ModelConfig(widths=SMALL_WIDTHS, levels=2)))
+    model = randomize_batchnorm(MedQKFormer(ModelConfig(widths=SMALL_WIDTHS, levels=2)))
     prep = Preprocessing(size=(64, 96), channel_order="RGB")
     path = save_checkpoint(tmp_path / "run" / "best.pt", model, prep, {"epoch": 3, "val": {"DSC": 0.5}})
     loaded, metadata = load_checkpoint_payload(path)

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from conftest import SHARED, SMALL_WIDTHS
+from conftest import SHARED
+from support import SMALL_WIDTHS
 from medqk import MedQKFormer, ModelConfig
 from medqk.errors import InputError
 from medqk.model import count_parameters

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from conftest import SMALL_WIDTHS
+from support import SMALL_WIDTHS
 from medqk.checkpoint import load_checkpoint, load_checkpoint_payload
 from medqk.cli import main
 from medqk.data import synthetic_validation_set
