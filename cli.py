@@ -111,8 +111,6 @@ class DemoRun:
     def execute(cls, checkpoint, output: Path, image_path, mask_path, backends: list[str]) -> "DemoRun":
         import json
 
-        import numpy as np
-
         from medqk.convert.commands import OUTPUT_WRITERS
         from medqk.convert.pipeline import convert_checkpoint
         from medqk.convert.serialize import save_model
@@ -196,8 +194,6 @@ class DemoRun:
 
 def write_report(run: DemoRun, path: Path) -> Path:
     """One self-contained HTML page: input, masks side by side, energy, firing, Loihi 2 needs."""
-    import numpy as np
-
     from medqk.energy.html import energy_sections
     from medqk.htmlpage import Section, page, table, tile
 

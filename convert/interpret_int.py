@@ -11,6 +11,8 @@ import numpy as np
 from medqk.convert import kernels
 from medqk.convert.fixed_point import saturate, saturated_count, shift_round, shift_round_half_even
 from medqk.convert.graph import Graph
+# exact and dtype-preserving: the float interpreter's functions compute these on integers too
+from medqk.convert.interpret_float import concat, group_broadcast, group_sum, mul
 from medqk.convert.synapses import interp_matrix_int
 
 
@@ -45,29 +47,12 @@ def add(op, *xs):
     return sum(shift_round(x * m, k) for x, m, k in zip(xs, op.multipliers, op.shifts))
 
 
-def mul(op, a, b):
-    return a * b
-
-
 def affine(op, x):
     return shift_round(x * op.multiplier[:, None, None] + op.offset_int[:, None, None], op.shift)
 
 
 def complement(op, x):
     return np.int64(op.one) - x
-
-
-def group_sum(op, x):
-    n, c, h, w = x.shape
-    return x.reshape(n, op.groups, c // op.groups, h, w).sum(axis=2)
-
-
-def group_broadcast(op, x):
-    return np.repeat(x, op.repeats, axis=1)
-
-
-def concat(op, *xs):
-    return np.concatenate(xs, axis=1)
 
 
 OPS = {

@@ -7,7 +7,6 @@ import networkx as nx
 import numpy as np
 
 from medqk.convert import elementwise as ew
-from medqk.convert import neurons, synapses
 from medqk.convert.graph import REAL, SPIKE, Graph, Node, TensorInfo
 from medqk.errors import MedqkError
 

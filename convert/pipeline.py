@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from medqk import console
-from medqk.convert import interpret_float, passes
+from medqk.convert import passes
 from medqk.convert.neurons import logits_to_probabilities
 from medqk.convert.quantize import NodeQuantReport, quantize, run_quantized
 from medqk.convert.serialize import ConvertedModel, is_model_dir, load_model

@@ -145,3 +145,32 @@ def interp_matrix_int(n_in: int, n_out: int, frac_bits: int) -> np.ndarray:
     rows = np.arange(n_out)
     m[rows, np.argmax(m, axis=1)] += one - m.sum(axis=1)
     return m
+
+
+def _conv_axis_fan(n_in: int, n_out: int, k: int, stride: int, pad: int) -> np.ndarray:
+    """For each input index i: how many outputs o have i inside their window (0 <= i + pad - o*stride < k)."""
+    tap = np.arange(n_in)[:, None] + pad - np.arange(n_out)[None, :] * stride
+    return ((tap >= 0) & (tap < k)).sum(axis=1)
+
+
+def _transposed_axis_fan(n_in: int, n_out: int, k: int, stride: int, pad: int) -> np.ndarray:
+    """For each input index i: how many taps a land inside the (cropped) output (0 <= i*stride + a - pad < n_out)."""
+    pos = np.arange(n_in)[:, None] * stride + np.arange(k)[None, :] - pad
+    return ((pos >= 0) & (pos < n_out)).sum(axis=1)
+
+
+def fan_out(op: Op, in_shape: tuple[int, int, int]) -> tuple[int, np.ndarray, np.ndarray]:
+    """Exact fan-out of a synaptic op: input element (c, i, j) reaches ``per_channel * fh[i] * fw[j]``
+    outputs (zero padding and stride included). Upsampling counts its nonzero interpolation weights.
+    The energy analyzer and the Lava counters both count synaptic operations with it."""
+    c, h, w = in_shape
+    _, ho, wo = op.out_shape([in_shape])
+    if op.type == "conv2d":
+        (kh, kw), (sh, sw), (ph, pw) = op.kernel, op.stride, op.padding
+        return (op.out_channels // op.groups, _conv_axis_fan(h, ho, kh, sh, ph), _conv_axis_fan(w, wo, kw, sw, pw))
+    if op.type == "conv_transpose2d":
+        (kh, kw), (sh, sw), (ph, pw) = op.kernel, op.stride, op.padding
+        return (op.out_channels, _transposed_axis_fan(h, ho, kh, sh, ph), _transposed_axis_fan(w, wo, kw, sw, pw))
+    if op.type == "upsample":
+        return (1, np.count_nonzero(interp_matrix(h, ho), axis=0), np.count_nonzero(interp_matrix(w, wo), axis=0))
+    raise ValueError(f"no fan-out rule for op {op.type}")

@@ -436,7 +436,7 @@ def int_model(qgraph: Graph, meta: dict | None = None) -> onnx.ModelProto:
     return _model(b, [helper.make_tensor_value_info(INT_INPUT, TensorProto.INT64, ["N", *qgraph.input.tensor.shape])],
                   [helper.make_tensor_value_info(INT_OUTPUT, TensorProto.INT64, ["N", *qgraph.output.tensor.shape])], props,
                   "MedQKFormer integer model, bit-exact with medqk's integer interpreter: image quantized with "
-                  f"input_frac_bits in, integer logits out (probability = sigmoid(logits * logit_scale)).")
+                  "input_frac_bits in, integer logits out (probability = sigmoid(logits * logit_scale)).")
 
 
 def write_onnx_models(directory: Path, model) -> None:

@@ -34,6 +34,7 @@ from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
 from medqk.convert.fixed_point import STATE_BITS, saturate, saturated_count, shift_round, shift_round_half_even
 from medqk.convert.graph import Node
+from medqk.convert.synapses import fan_out as synaptic_fan_out
 from medqk.convert.synapses import interp_matrix_int
 from medqk.deploy.lava_plan import COUNTERS, MAX_INPUTS, MAX_OUTPUTS, LayerPlan
 from medqk.deploy.lava_processes import FusedLayer, HostSource, OutputSink, in_port, out_port
@@ -95,24 +96,6 @@ def _upsample(node: Node, in_shapes) -> Kernel:
         z = torch.matmul(torch.matmul(left, torch.from_numpy(x).to(dtype)), right)
         return shift_round(z.to(torch.int64).numpy(), 2 * op.frac_bits)
     return run
-
-
-def _axis_fan(n_in: int, n_out: int, k: int, stride: int, pad: int) -> np.ndarray:
-    """For each input index: the number of outputs whose k-wide window (stride, zero padding) covers it."""
-    tap = np.arange(n_in)[:, None] + pad - np.arange(n_out)[None, :] * stride
-    return ((tap >= 0) & (tap < k)).sum(axis=1)
-
-
-def _fan_out(node: Node, in_shape) -> tuple[int, np.ndarray, np.ndarray]:
-    """Input element (c, i, j) reaches ``per_channel * fh[i] * fw[j]`` outputs."""
-    op, (_, h, w) = node.op, in_shape
-    if op.type == "conv2d":
-        (kh, kw), (sh, sw), (ph, pw) = op.kernel, op.stride, op.padding
-        _, ho, wo = op.out_shape([in_shape])
-        return op.out_channels // op.groups, _axis_fan(h, ho, kh, sh, ph), _axis_fan(w, wo, kw, sw, pw)
-    uh = interp_matrix_int(h, h * op.factor, op.frac_bits)
-    uw = interp_matrix_int(w, w * op.factor, op.frac_bits)
-    return 1, np.count_nonzero(uh, axis=0), np.count_nonzero(uw, axis=0)
 
 
 # -- neurons and element-wise ops ---------------------------------------------------------------
@@ -201,7 +184,7 @@ def prepare(plan: LayerPlan) -> list[_Step]:
     for i, node in enumerate(plan.nodes):
         in_shapes = [shapes[name] for name in node.inputs]
         release = tuple(n for n in dict.fromkeys(node.inputs) if last_use[n] == i and n not in keep)
-        fan_out = _fan_out(node, in_shapes[0]) if node.op.synaptic else None
+        fan_out = synaptic_fan_out(node.op, in_shapes[0]) if node.op.synaptic else None
         steps.append(_Step(node, KERNELS[node.op.type](node, in_shapes), fan_out, release))
     return steps
 

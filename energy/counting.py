@@ -24,7 +24,7 @@ import numpy as np
 
 from medqk.convert.graph import REAL, SPIKE, Graph, Node
 from medqk.convert.passes import infer_tensors
-from medqk.convert.synapses import interp_matrix
+from medqk.convert.synapses import fan_out
 
 
 @dataclasses.dataclass
@@ -46,34 +46,6 @@ def synaptic_nodes(graph: Graph) -> list[Node]:
 def input_kind(graph: Graph, node: Node) -> str:
     """``spike`` only for an integer NISF spike map; sums of spikes and real maps are real."""
     return graph[node.inputs[0]].tensor.kind
-
-
-def _conv_axis_fan(n_in: int, n_out: int, k: int, stride: int, pad: int) -> np.ndarray:
-    """For each input index i: how many outputs o have i inside their window (0 <= i + pad - o*stride < k)."""
-    tap = np.arange(n_in)[:, None] + pad - np.arange(n_out)[None, :] * stride
-    return ((tap >= 0) & (tap < k)).sum(axis=1)
-
-
-def _transposed_axis_fan(n_in: int, n_out: int, k: int, stride: int, pad: int) -> np.ndarray:
-    """For each input index i: how many taps a land inside the (cropped) output (0 <= i*stride + a - pad < n_out)."""
-    pos = np.arange(n_in)[:, None] * stride + np.arange(k)[None, :] - pad
-    return ((pos >= 0) & (pos < n_out)).sum(axis=1)
-
-
-def fan_out(op, in_shape: tuple[int, int, int]) -> tuple[int, np.ndarray, np.ndarray]:
-    """Exact fan-out of a synaptic op: input element (c, i, j) reaches ``per_channel * fh[i] * fw[j]``
-    outputs (zero padding and stride included). Upsampling counts its nonzero interpolation weights."""
-    c, h, w = in_shape
-    _, ho, wo = op.out_shape([in_shape])
-    if op.type == "conv2d":
-        (kh, kw), (sh, sw), (ph, pw) = op.kernel, op.stride, op.padding
-        return (op.out_channels // op.groups, _conv_axis_fan(h, ho, kh, sh, ph), _conv_axis_fan(w, wo, kw, sw, pw))
-    if op.type == "conv_transpose2d":
-        (kh, kw), (sh, sw), (ph, pw) = op.kernel, op.stride, op.padding
-        return (op.out_channels, _transposed_axis_fan(h, ho, kh, sh, ph), _transposed_axis_fan(w, wo, kw, sw, pw))
-    if op.type == "upsample":
-        return (1, np.count_nonzero(interp_matrix(h, ho), axis=0), np.count_nonzero(interp_matrix(w, wo), axis=0))
-    raise ValueError(f"no fan-out rule for op {op.type}")
 
 
 def unit_count(op, values: np.ndarray) -> int:

@@ -7,10 +7,9 @@ passes a keyword that does not exist), and the loss is applied once to the proba
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from medqk.errors import InputError

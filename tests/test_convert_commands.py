@@ -1,7 +1,6 @@
 """`medqk convert` and `medqk inspect` as a user runs them."""
 import json
 
-import numpy as np
 import pytest
 
 from medqk.cli import main

@@ -1,5 +1,4 @@
 """The energy report: its JSON keys, prices, activity files (hash check) and renderings."""
-import dataclasses
 import json
 
 import pytest
