@@ -35,14 +35,16 @@ class Evaluation:
         return {"images": len(self.names), "mean": self.mean, "loss": self.loss, "per_image": rows}
 
     def table(self) -> str:
-        width = max([len("mean")] + [len(n) for n in self.names])
-        header = f"{'image':<{width}}  " + "  ".join(f"{m:>11}" for m in METRIC_NAMES)
-        lines = [header, "-" * len(header)]
-        for i, name in enumerate(self.names):
-            lines.append(f"{name:<{width}}  " + "  ".join(f"{float(self.per_image[m][i]):>11.4f}" for m in METRIC_NAMES))
-        lines.append("-" * len(header))
-        lines.append(f"{'mean':<{width}}  " + "  ".join(f"{self.mean[m]:>11.4f}" for m in METRIC_NAMES))
-        return "\n".join(lines)
+        width = max([len("image"), len("mean")] + [len(n) for n in self.names])
+
+        def row(label: str, cells: list[str]) -> str:
+            return f"{label:<{width}}  " + "  ".join(f"{cell:>11}" for cell in cells)
+
+        header = row("image", list(METRIC_NAMES))
+        rule = "-" * len(header)
+        images = [row(name, [f"{float(self.per_image[m][i]):.4f}" for m in METRIC_NAMES]) for i, name in enumerate(self.names)]
+        mean = row("mean", [f"{self.mean[m]:.4f}" for m in METRIC_NAMES])
+        return "\n".join([header, rule, *images, rule, mean])
 
 
 def predict_batches(model: torch.nn.Module, dataset: SegmentationDataset, device: torch.device | str = "cpu",
