@@ -1,4 +1,4 @@
-"""Where Lava spends time with medqk's process library (figures quoted in docs/lava.md).
+"""Where Lava spends time with medqk's process library (figures quoted in the README, section "Running the integer graph in Lava").
 
 - step overhead: a chain of trivial fused layers run for its natural steps, then for 1,000 more idle
   steps; the difference is what a process costs per step when it does not fire;

@@ -3,7 +3,7 @@
 A *fused layer* is one Lava process that evaluates a small sub-DAG of the quantized IR (its
 synapses and the neuron and element-wise ops that follow them). Lava charges a fixed cost per
 process per time step, so fewer, larger processes are faster than one process per IR op; see
-``docs/lava.md``.
+the README (section "Running the integer graph in Lava").
 
 Timing (static input, one step per hop, single-shot messages):
 
