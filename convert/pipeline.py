@@ -46,15 +46,15 @@ def convert_module(model, image_size: tuple[int, int], calibration_images: np.nd
                    meta: dict) -> tuple[ConvertedModel, list[NodeQuantReport], dict]:
     """Convert a torch module; returns the model, per-node quantization report and the integer
     graph's agreement with the torch model on the calibration images."""
-    steps = console.progress(range(4), desc="convert", unit="step")
-    steps = iter(steps)
-    next(steps)
-    fgraph = float_graph_of(model, image_size)
-    next(steps)
-    qgraph, report = quantize(fgraph, calibration_images)
-    next(steps)
-    agreement = mask_agreement(int_probabilities(qgraph, calibration_images), torch_probabilities(model, calibration_images))
-    next(steps, None)
+    with console.progress(None, desc="convert: trace and fold", total=3, unit="stage") as bar:
+        fgraph = float_graph_of(model, image_size)
+        bar.update()
+        bar.set_description("convert: calibrate and quantize")
+        qgraph, report = quantize(fgraph, calibration_images)
+        bar.update()
+        bar.set_description("convert: compare with torch")
+        agreement = mask_agreement(int_probabilities(qgraph, calibration_images), torch_probabilities(model, calibration_images))
+        bar.update()
     meta = {**meta, "image_size": list(image_size), "calibration": {
         "images": int(len(calibration_images)), **agreement,
         "saturated_values": int(sum(r.saturated for r in report)),

@@ -20,8 +20,8 @@ def debug(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterable[T]:
-    """A tqdm bar on stderr, hidden with -q and when there is nothing long to show."""
+def progress(iterable: Iterable[T] | None, desc: str, total: int | None = None, unit: str = "it"):
+    """A tqdm bar on stderr, hidden with -q; with ``iterable`` None, a manual bar of ``total`` steps."""
     from tqdm import tqdm
 
     return tqdm(iterable, desc=desc, total=total, unit=unit, disable=verbosity < 1, leave=False, file=sys.stderr)
