@@ -37,14 +37,28 @@ def test_integer_interpolation_rows_sum_to_one():
     assert (m.sum(axis=1) == 4096).all() and (m >= 0).all()
 
 
-def test_exact_int_equals_pure_integer_convolution():
-    x = rng.integers(-(1 << 23), 1 << 23, (1, 6, 7, 7))
+@pytest.mark.parametrize("peak", [4, 1 << 23])  # spikes (the float32 path) and 24-bit states (float64)
+def test_exact_int_equals_pure_integer_convolution(peak):
+    x = rng.integers(-peak, peak + 1, (1, 6, 7, 7))
     w = rng.integers(-127, 128, (4, 3, 3, 3))
     got = kernels.exact_int(kernels.conv2d, x, w, (1, 1), (1, 1), 2, bound_terms=27)
-    # reference: integer-only accumulation (python ints via object arrays: no rounding possible)
-    ref = kernels.conv2d(x.astype(object), w.astype(object), (1, 1), (1, 1), 2)
     assert got.dtype == np.int64
-    assert np.array_equal(got, ref.astype(np.int64))
+    assert np.array_equal(got, _integer_conv(x, w, padding=1, groups=2))
+
+
+def _integer_conv(x, w, padding, groups):
+    """Reference: a grouped convolution accumulated in python integers (no rounding possible)."""
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding))).astype(object)
+    o, cg, kh, kw = w.shape
+    og = o // groups
+    out = np.zeros((x.shape[0], o, xp.shape[2] - kh + 1, xp.shape[3] - kw + 1), dtype=object)
+    for k in range(o):
+        g = k // og
+        for c in range(cg):
+            for a in range(kh):
+                for b in range(kw):
+                    out[:, k] += int(w[k, c, a, b]) * xp[:, g * cg + c, a:a + out.shape[2], b:b + out.shape[3]]
+    return out.astype(np.int64)
 
 
 def test_exact_int_refuses_sums_beyond_float64_precision():
