@@ -18,6 +18,7 @@ import numpy as np
 
 from medqk.convert.graph import Graph, Node
 from medqk.deploy.lava_plan import LayerPlan
+from medqk.deploy.lava_runtime import NetworkResult, build_network, run_network
 from medqk.errors import MedqkError
 
 
@@ -50,26 +51,17 @@ def partition(graph: Graph) -> list[LayerPlan]:
 
 
 @dataclasses.dataclass
-class LavaRun:
-    """One image through the Lava graph."""
+class LavaRun(NetworkResult):
+    """One image through the Lava graph: the runtime's result, the graph's integer logits
+    (int64 [1, 1, H, W]) and its number of fused layers."""
 
-    logits: np.ndarray  # int64 [1, 1, H, W], the integer output of the graph
-    #: NISF node -> {nonzero, spike_sum}; synaptic node -> {acs, events}
-    activity: dict[str, dict[str, int]]
-    #: fused layer -> seconds its fire step took in its process model
-    busy_s: dict[str, float]
+    logits: np.ndarray
     layers: int
-    steps: int
-    build_s: float
-    run_s: float
-    read_s: float
 
 
 def run_image(graph: Graph, x_int: np.ndarray, plans: list[LayerPlan] | None = None,
               progress: Callable[[int, int], None] | None = None) -> LavaRun:
     """Run one integer image [1, C, H, W] (``io.quantize_input``) through ``graph`` in Lava."""
-    from medqk.deploy.lava_runtime import build_network, run_network
-
     x_int = np.asarray(x_int)
     if x_int.ndim != 4 or x_int.shape[0] != 1:
         raise MedqkError(f"the Lava backend runs one image at a time: expected [1, C, H, W], got {x_int.shape}")
@@ -81,8 +73,9 @@ def run_image(graph: Graph, x_int: np.ndarray, plans: list[LayerPlan] | None = N
     network = build_network({graph.input.name: x_int}, plans, [graph.output.name])
     wired_s = time.perf_counter() - start
     result = run_network(network, progress=progress, chunk_steps=max(1, network.steps // 20))
-    return LavaRun(result.outputs[graph.output.name], result.activity, result.busy_s, len(plans), result.steps,
-                   wired_s + result.build_s, result.run_s, result.read_s)
+    fields = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
+    return LavaRun(**{**fields, "build_s": wired_s + result.build_s}, logits=result.outputs[graph.output.name],
+                   layers=len(plans))
 
 
 
