@@ -3,7 +3,7 @@
 - step overhead: a chain of trivial fused layers run for its natural steps, then for 1,000 more idle
   steps; the difference is what a process costs per step when it does not fire;
 - a 32 -> 32 3x3 convolution at 64x64 and 256x256 in the fused-layer model, on spikes (exact in
-  float32) and on 24-bit real values (float64): its busy time in the model and the whole run;
+  float32) and on 24-bit real values (float32 digit planes): its busy time in the model and the whole run;
 - MedQKFormer at its published widths on one 256x256 image: Lava build and run next to the integer
   interpreter, bit-exactness, where the time goes, and the peak memory of the whole process tree
   (sum of PSS, so pages shared by the forked Lava processes count once).
@@ -62,7 +62,7 @@ def bench_conv(size: int, spikes: bool) -> dict:
     start = time.perf_counter()
     result = run_network(build_network({"x": x}, [plan], ["y"]))
     total = time.perf_counter() - start
-    kind = "spikes 0..4 (float32)" if spikes else "24-bit reals (float64)"
+    kind = "spikes 0..4 (float32)" if spikes else "24-bit reals (float32 digit planes)"
     print(f"conv 32->32 3x3 at {size}x{size}, {kind}: busy {result.busy_s['conv'] * 1e3:.0f} ms in the model; "
           f"build {result.build_s:.2f} s, run {result.run_s:.2f} s, read {result.read_s:.3f} s, total {total:.2f} s")
     return {"size": size, "spikes": spikes, "busy_s": result.busy_s["conv"], "run_s": result.run_s, "total_s": total}

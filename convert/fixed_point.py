@@ -15,27 +15,45 @@ import numpy as np
 
 #: Width of every real-valued state and graded-spike payload (Loihi 2 / Lava fixed-point models).
 STATE_BITS = 24
+#: the signed state range
+STATE_MIN, STATE_MAX = -(1 << (STATE_BITS - 1)), (1 << (STATE_BITS - 1)) - 1
 #: Weights are 8-bit signed mantissas with a shared power-of-two exponent per layer.
 WEIGHT_BITS = 8
 
 
-def shift_round(v: np.ndarray, k: int) -> np.ndarray:
-    """``v / 2**k`` rounded half up (k > 0); ``v * 2**-k`` (k <= 0). Exact integer arithmetic."""
-    v = np.asarray(v, dtype=np.int64)
+def shift_round(v: np.ndarray, k: int, offset=0, in_place: bool = False) -> np.ndarray:
+    """``(v + offset) / 2**k`` rounded half up (k > 0); ``(v + offset) * 2**-k`` (k <= 0). Exact
+    integer arithmetic in ``v``'s integer type (int64 for other input): the caller widens where
+    ``v + offset + 2**k`` might not fit. ``offset`` may be an array that broadcasts (a bias);
+    ``in_place`` reuses ``v``'s memory (for a temporary the caller owns)."""
+    v = _integers(v)
+    total = np.asarray(offset) + (1 << (k - 1)) if k > 0 else offset
+    if in_place:
+        v += total
+        out = v
+    else:
+        out = v + total
     if k <= 0:
-        return v << np.int64(-k)
-    return (v + np.int64(1 << (k - 1))) >> np.int64(k)
+        out <<= -k
+    else:
+        out >>= k
+    return out
 
 
 def shift_round_half_even(v: np.ndarray, k: int) -> np.ndarray:
-    """``v / 2**k`` rounded half to even (k > 0); ``v * 2**-k`` (k <= 0)."""
-    v = np.asarray(v, dtype=np.int64)
+    """``v / 2**k`` rounded half to even (k > 0); ``v * 2**-k`` (k <= 0); in ``v``'s integer type.
+
+    ``floor((v + 2**(k-1) - 1 + q0) / 2**k)`` with q0 the parity of ``floor(v / 2**k)``: a tie
+    (remainder exactly 2**(k-1)) rounds up only from an odd quotient, any other remainder as usual."""
+    v = _integers(v)
     if k <= 0:
-        return v << np.int64(-k)
-    q = v >> np.int64(k)                      # floor
-    r = v - (q << np.int64(k))                # 0 <= r < 2**k
-    half = np.int64(1 << (k - 1))
-    return q + ((r > half) | ((r == half) & ((q & 1) == 1))).astype(np.int64)
+        return v << -k
+    return (v + ((1 << (k - 1)) - 1) + ((v >> k) & 1)) >> k
+
+
+def _integers(v) -> np.ndarray:
+    v = np.asarray(v)
+    return v if v.dtype.kind in "iu" else v.astype(np.int64)
 
 
 def saturate(v: np.ndarray, bits: int = STATE_BITS) -> np.ndarray:

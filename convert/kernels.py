@@ -49,18 +49,67 @@ def maxpool2d(x: np.ndarray, kernel: int, stride: int) -> np.ndarray:
     return win.max(axis=(4, 5))
 
 
-def exact_int(kernel, x: np.ndarray, w: np.ndarray, *args, bound_terms: int, **kwargs) -> np.ndarray:
-    """Run a linear ``kernel`` on integer arrays exactly, through float64 BLAS.
+def float32_plane_bits(peak: int, weight_sum: int) -> int | None:
+    """Bits per digit plane that keep a float32 linear kernel exact (None: no split needed).
 
-    numpy has no BLAS for integers (its int64 matmul is ~100x slower); float64 holds every integer
-    below 2**53 exactly (float32 below 2**24), so when ``max|x| * max|w| * bound_terms`` (the
-    largest possible partial sum) stays below that bound the float result *is* the integer result,
-    whatever the summation order. Refuses beyond 2**53.
+    A partial sum is bounded by ``max|x| * max_o sum|w_o|`` (``weight_sum``: the largest sum of
+    weight magnitudes that feeds one output); float32 holds it exactly while that bound is at most
+    2**24. Returns 0 when not even one-bit planes fit."""
+    if peak * weight_sum <= FLOAT32_EXACT:
+        return None
+    return max((bits for bits in range(1, 24) if ((1 << bits) - 1) * weight_sum <= FLOAT32_EXACT), default=0)
+
+
+#: fewer bits per plane than this and float64 (one pass) is cheaper than float32 planes
+MIN_PLANE_BITS = 4
+
+
+def digit_planes(x: np.ndarray, bits: int, peak: int) -> np.ndarray:
+    """Planes [P, *x.shape] (float32) with ``x == sum_p planes[p] * 2**(bits * p)`` for ``|x| <= peak``:
+    the low planes are digits 0..2**bits - 1, the top one keeps the sign (shifts floor); every
+    plane's magnitude is below 2**bits, so float32 holds them exactly."""
+    mask = (1 << bits) - 1
+    count = 1
+    while (peak >> (bits * (count - 1))) + 1 > mask:
+        count += 1
+    planes = np.empty((count, *x.shape), np.float32)
+    rest = x.astype(np.int32 if x.dtype.itemsize <= 4 else np.int64)  # a copy: shifted in place below
+    for p in range(count - 1):
+        np.bitwise_and(rest, mask, out=planes[p], casting="unsafe")
+        rest >>= bits
+    planes[-1] = rest
+    return planes
+
+
+def exact_int(kernel, x: np.ndarray, w: np.ndarray, *args, weight_sum: int, **kwargs) -> np.ndarray:
+    """Run a linear ``kernel`` on integer arrays exactly, through float BLAS; returns int32 where
+    every output is below 2**24 by the bound below, else int64.
+
+    numpy has no BLAS for integers (its int64 matmul is ~100x slower), but float32 holds every
+    integer below 2**24 and float64 every integer below 2**53 exactly: when no partial sum can
+    exceed that (``float32_plane_bits``), the float result *is* the integer result, whatever the
+    summation order. Wide inputs (24-bit states) are split into digit planes that each fit float32,
+    stacked along the batch axis into one call and recombined with shifts; float64 serves where
+    planes would be too narrow. Refuses sums that neither can hold (beyond int64 for planes, 2**53
+    for float64).
     """
-    peak = int(np.max(np.abs(x), initial=0)) * int(np.max(np.abs(w), initial=0)) * bound_terms
-    if peak >= FLOAT64_EXACT:
-        raise OverflowError(f"integer kernel {kernel.__name__}: partial sums up to {peak} exceed 2^53")
-    # float32 holds every integer below 2**24 exactly: twice the speed for spike-fed layers
-    dtype = np.float32 if peak < FLOAT32_EXACT else np.float64
-    out = kernel(x.astype(dtype), w.astype(dtype), *args, **kwargs)
-    return np.rint(out).astype(np.int64)
+    x = np.asarray(x)
+    n = x.shape[0]
+    peak = max(int(x.max(initial=0)), -int(x.min(initial=0)))
+    bits = float32_plane_bits(peak, weight_sum)
+    if bits is None:
+        return kernel(x.astype(np.float32), np.asarray(w, np.float32), *args, **kwargs).astype(np.int32)
+    if bits >= MIN_PLANE_BITS:
+        if peak * weight_sum >= 2**63:
+            raise OverflowError(f"integer kernel {kernel.__name__}: partial sums up to {peak * weight_sum} exceed int64")
+        planes = digit_planes(x, bits, peak)
+        out = kernel(planes.reshape(-1, *x.shape[1:]), np.asarray(w, np.float32), *args, **kwargs)
+        out = out.reshape(len(planes), n, *out.shape[1:])
+        total = out[-1].astype(np.int64)
+        for p in range(len(planes) - 2, -1, -1):  # Horner: total * 2**bits + plane
+            total <<= bits
+            total += out[p].astype(np.int64)
+        return total
+    if peak * weight_sum >= FLOAT64_EXACT:
+        raise OverflowError(f"integer kernel {kernel.__name__}: partial sums up to {peak * weight_sum} exceed 2^53")
+    return kernel(x.astype(np.float64), np.asarray(w, np.float64), *args, **kwargs).astype(np.int64)

@@ -49,9 +49,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from medqk.convert.fixed_point import STATE_BITS
+from medqk.convert.fixed_point import STATE_BITS, STATE_MAX, STATE_MIN
 from medqk.convert.graph import SPIKE, Graph, Node
-from medqk.convert.kernels import FLOAT64_EXACT
+from medqk.convert.kernels import FLOAT64_EXACT, float32_plane_bits
 from medqk.convert.synapses import interp_matrix_int
 
 #: ONNX operator set of both models
@@ -62,11 +62,8 @@ FLOAT_FILE = "model.onnx"
 INT_FILE = "model-int.onnx"
 FLOAT_INPUT, FLOAT_OUTPUT = "image", "probabilities"
 INT_INPUT, INT_OUTPUT = "image_int", "logits"
-#: float32 holds every integer of magnitude up to this exactly
-FLOAT32_EXACT = 2**24
 #: every tensor of an integer graph is within +-STATE_LIMIT (saturated states, spikes, their products)
 STATE_LIMIT = 1 << (STATE_BITS - 1)
-STATE_MIN, STATE_MAX = -STATE_LIMIT, STATE_LIMIT - 1
 
 
 class _Builder:
@@ -289,19 +286,6 @@ def input_int(b: _Builder, node: Node) -> str:
     return b.op("Cast", [INT_INPUT], to=TensorProto.DOUBLE)  # 24-bit integers: exact in float64
 
 
-def _plane_bits(peak: int, weight_sum: int) -> int | None:
-    """Bits per digit plane so that float32 convolution is exact (None: no split needed).
-
-    A partial sum of the convolution is bounded by ``max|x| * max_o sum|w_o|``; float32 holds it
-    exactly while that bound is at most 2**24."""
-    if peak * weight_sum <= FLOAT32_EXACT:
-        return None
-    fitting = [bits for bits in range(1, STATE_BITS) if ((1 << bits) - 1) * weight_sum <= FLOAT32_EXACT]
-    if not fitting:
-        raise ValueError(f"weights with sum|w| = {weight_sum} cannot be convolved exactly in float32")
-    return max(fitting)
-
-
 def _digit_planes(b: _Builder, x: str, bits: int) -> list[tuple[str, float]]:
     """Split a 24-bit state into planes x = sum_p plane_p * 2**(bits * p): the low planes are
     digits 0..2**bits - 1, the top one signed (|top| <= 2**(bits-1) because bits * count >= 24)."""
@@ -319,7 +303,9 @@ def conv2d_int(b: _Builder, node: Node, x: str) -> str:
     source = b.graph[node.inputs[0]].tensor
     peak = source.levels if source.kind == SPIKE else STATE_LIMIT
     weight_sum = int(np.abs(op.weight_mantissa).reshape(op.out_channels, -1).sum(axis=1).max())
-    bits = _plane_bits(peak, weight_sum)
+    bits = float32_plane_bits(peak, weight_sum)
+    if bits == 0:
+        raise ValueError(f"node {node.name}: weights with sum|w| = {weight_sum} cannot be convolved exactly in float32")
     planes = [(x, 1.0)] if bits is None else _digit_planes(b, x, bits)
     weight = b.const(op.weight_mantissa, np.float32)
     partial = [b.scaled(b.cast(b.op("Conv", [b.cast(plane, TensorProto.FLOAT), weight], **_conv_attrs(op)),

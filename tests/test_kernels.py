@@ -37,13 +37,29 @@ def test_integer_interpolation_rows_sum_to_one():
     assert (m.sum(axis=1) == 4096).all() and (m >= 0).all()
 
 
-@pytest.mark.parametrize("peak", [4, 1 << 23])  # spikes (the float32 path) and 24-bit states (float64)
+@pytest.mark.parametrize("peak", [4, 1 << 10, 1 << 23])  # spikes (float32), 11 bits (two planes), 24 bits (three)
 def test_exact_int_equals_pure_integer_convolution(peak):
-    x = rng.integers(-peak, peak + 1, (1, 6, 7, 7))
+    x = rng.integers(-peak, peak + 1, (2, 6, 7, 7))
     w = rng.integers(-127, 128, (4, 3, 3, 3))
-    got = kernels.exact_int(kernels.conv2d, x, w, (1, 1), (1, 1), 2, bound_terms=27)
-    assert got.dtype == np.int64
+    weight_sum = int(np.abs(w).reshape(4, -1).sum(1).max())
+    got = kernels.exact_int(kernels.conv2d, x, w, (1, 1), (1, 1), 2, weight_sum=weight_sum)
+    assert got.dtype == (np.int32 if peak * weight_sum <= 2**24 else np.int64)
     assert np.array_equal(got, _integer_conv(x, w, padding=1, groups=2))
+
+
+def test_digit_planes_recompose_every_24_bit_value():
+    x = np.concatenate([rng.integers(-(1 << 23), 1 << 23, 1000), [-(1 << 23), (1 << 23) - 1, -1, 0]])
+    for bits in (4, 9, 13):
+        planes = kernels.digit_planes(x, bits, 1 << 23)
+        assert (np.abs(planes) < 1 << bits).all() and planes.dtype == np.float32
+        assert np.array_equal(sum(p.astype(np.int64) << (bits * i) for i, p in enumerate(planes)), x)
+
+
+def test_plane_bits_keep_float32_partial_sums_exact():
+    assert kernels.float32_plane_bits(4, 127 * 2304) is None  # spikes: one plane
+    bits = kernels.float32_plane_bits(2**23, 127 * 2304)
+    assert ((1 << bits) - 1) * 127 * 2304 <= 2**24 < ((1 << (bits + 1)) - 1) * 127 * 2304
+    assert kernels.float32_plane_bits(2**23, 2**24 + 1) == 0  # not even one-bit planes: float64 instead
 
 
 def _integer_conv(x, w, padding, groups):
@@ -61,8 +77,10 @@ def _integer_conv(x, w, padding, groups):
     return out.astype(np.int64)
 
 
-def test_exact_int_refuses_sums_beyond_float64_precision():
-    x = np.full((1, 1, 3, 3), 1 << 40, dtype=np.int64)
-    w = np.full((1, 1, 3, 3), 1 << 12, dtype=np.int64)
-    with pytest.raises(OverflowError, match="2\\^53"):
-        kernels.exact_int(kernels.conv2d, x, w, (1, 1), (1, 1), 1, bound_terms=9)
+def test_exact_int_refuses_sums_beyond_exact_integers():
+    x = np.full((1, 1, 3, 3), 1 << 30, dtype=np.int64)
+    w = np.ones((1, 1, 3, 3), dtype=np.int64)
+    with pytest.raises(OverflowError, match="2\\^53"):  # too wide for planes, too large for float64
+        kernels.exact_int(kernels.conv2d, x, w, (1, 1), (1, 1), 1, weight_sum=1 << 24)
+    with pytest.raises(OverflowError, match="int64"):
+        kernels.exact_int(kernels.conv2d, x << 30, w, (1, 1), (1, 1), 1, weight_sum=1 << 10)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from medqk.convert import interpret_int, passes
+from medqk.convert import passes
 from medqk.convert.pipeline import float_graph_of, int_probabilities, mask_agreement
 from medqk.convert.quantize import choose_frac_bits, multiplier_shift, quantize
 from support import random_images, small_model
@@ -65,19 +65,6 @@ def test_integer_graph_agrees_with_float_graph(graphs):
     x = random_images(3, 32, seed=7)
     agreement = mask_agreement(int_probabilities(qgraph, x), interpret_float.run(fgraph, x))
     assert agreement["pixel_agreement"] >= 0.95
-
-
-def test_integer_interpreter_is_deterministic_and_integer_only(graphs):
-    _, qgraph, _ = graphs
-    from medqk.convert.io import quantize_input
-
-    x = quantize_input(random_images(2, 32, seed=3), qgraph.input.tensor.frac_bits)
-    out1, values, _ = interpret_int.run(qgraph, x, record=True)
-    out2 = interpret_int.run(qgraph, x.copy())
-    assert np.array_equal(out1, out2)
-    assert all(v.dtype == np.int64 for v in values.values()), "a float array travelled between integer ops"
-    with pytest.raises(TypeError, match="integer input"):
-        interpret_int.run(qgraph, x.astype(np.float64))
 
 
 def test_choose_frac_bits_keeps_headroom_inside_24_bits():

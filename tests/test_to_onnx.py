@@ -213,12 +213,6 @@ def test_nisf_rounds_ties_half_to_even_like_the_interpreter():
     assert np.array_equal(run(to_onnx.int_model(graph), x), interpret_int.run(graph, x))
 
 
-def test_plane_bits_keep_float32_partial_sums_exact():
-    assert to_onnx._plane_bits(4, 127 * 2304) is None  # spikes: one plane
-    bits = to_onnx._plane_bits(2**23, 127 * 2304)
-    assert ((1 << bits) - 1) * 127 * 2304 <= 2**24 < ((1 << (bits + 1)) - 1) * 127 * 2304
-
-
 def test_a_graph_beyond_float64_exact_integers_is_refused():
     huge = Affine(np.ones(16), np.zeros(16), multiplier=np.full(16, 2**31), offset_int=np.zeros(16, dtype=np.int64), shift=0)
     with pytest.raises(ValueError, match=r"node n0: .*exceed 2\*\*53"):
