@@ -4,7 +4,8 @@ onnxruntime (CPU, every core), wall time. Then torch and the float model again o
 process CPU time: the work each does, which other jobs on a shared machine barely disturb (they
 inflate torch's two-thread wall time most). Prints seconds per batch and the ratios, and the load
 average; also checks, at this size, that the float model's masks agree with torch and that the
-integer model equals the integer interpreter.
+integer model equals the integer interpreter. Last, the floor (``bench_onnx_floor``): what
+onnxruntime's convolution kernels alone take, from its profiler, next to torch.
 
     .venv/bin/python benchmarks/bench_onnx.py
 """
@@ -115,7 +116,84 @@ def bench_onnx_256() -> dict:
     return results
 
 
-BENCHMARKS = {"onnx_256": bench_onnx_256}
+def _sgemm_macs_per_second(threads: int, n: int = 2048) -> float:
+    """This machine's float32 matrix-product rate in onnxruntime (MACs per second, best of 3)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    info = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [n, n]) for name in "abc"]
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "sgemm", info[:2], info[2:])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    a = np.random.default_rng(0).random((n, n)).astype(np.float32)
+    seconds = _fastest(lambda: session.run(None, {"a": a, "b": a}), 3)[0]
+    return n**3 / seconds
+
+
+def _profiled_conv_seconds(onnx_model, images: np.ndarray, threads: int) -> tuple[float, float]:
+    """(seconds in Conv kernels, seconds in all kernels) of one onnxruntime run, from its profiler."""
+    import json
+    import tempfile
+
+    import onnxruntime as ort
+
+    from medqk.deploy import onnx_runtime
+
+    with tempfile.TemporaryDirectory() as tmp:
+        options = onnx_runtime.session_options(threads)
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "profile")
+        session = ort.InferenceSession(onnx_model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        for _ in range(2):  # a warm-up run, then the measured one: both profiled, the same kernels each
+            session.run(None, {session.get_inputs()[0].name: images})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    kernels = sorted((e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")), key=lambda e: e["ts"])
+    second = kernels[len(kernels) // 2:]
+    conv = sum(e["dur"] for e in second if e["args"]["op_name"] == "Conv") / 1e6
+    return conv, sum(e["dur"] for e in second) / 1e6
+
+
+def bench_onnx_floor() -> dict:
+    """What onnxruntime's convolution kernels alone take on the float model (from its profiler),
+    against torch eager in the same run: the fastest the float ONNX model can be with every other
+    op free. Also their rate against this machine's float32 matrix-product rate, measured now."""
+    import torch
+
+    from medqk.convert import to_onnx
+    from medqk.convert.pipeline import float_graph_of, torch_probabilities
+    from medqk.deploy import onnx_runtime
+
+    threads = onnx_runtime.cpu_threads()
+    model = _published_model()
+    fgraph = float_graph_of(model, (SIZE, SIZE))
+    float_onnx = to_onnx.float_model(fgraph)
+    macs = sum(node.op.dense_macs(fgraph[node.inputs[0]].tensor.shape) for node in fgraph.nodes() if node.op.type == "conv2d")
+    rate = _sgemm_macs_per_second(threads)
+    print(f"ONNX floor: {macs / 1e9:.2f} GMAC of convolution per {SIZE}x{SIZE} image; float32 matrix product "
+          f"{rate / 1e9:.1f} GMAC/s in onnxruntime on {threads} threads (load average {os.getloadavg()[0]:.1f})")
+    results = {"conv_macs": macs, "sgemm_macs_per_s": rate}
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        images = np.random.default_rng(0).random((max(BATCHES), 3, SIZE, SIZE)).astype(np.float32)
+        for batch in BATCHES:
+            conv_s, kernels_s = _profiled_conv_seconds(float_onnx, images[:batch], threads)
+            torch_probabilities(model, images[:batch])
+            torch_s = _fastest(lambda: torch_probabilities(model, images[:batch]), REPEATS[batch])[0]
+            print(f"  batch {batch}: onnxruntime's Conv kernels {conv_s:.3f} s ({batch * macs / conv_s / 1e9:.1f} GMAC/s, "
+                  f"{batch * macs / conv_s / rate:.0%} of the matrix-product rate), all its kernels {kernels_s:.3f} s; "
+                  f"torch eager {torch_s:.3f} s -> with every other op free, float ONNX could be at most "
+                  f"{torch_s / conv_s:.2f}x faster than torch (target 1.8x)")
+            results[f"batch{batch}"] = {"conv_s": conv_s, "kernels_s": kernels_s, "torch_s": torch_s,
+                                        "max_speedup": torch_s / conv_s}
+    finally:
+        torch.set_num_threads(torch_threads)
+    return results
+
+
+BENCHMARKS = {"onnx_256": bench_onnx_256, "onnx_floor": bench_onnx_floor}
 
 if __name__ == "__main__":
     for fn in BENCHMARKS.values():

@@ -1,0 +1,93 @@
+"""How closely can any integer graph follow the torch model's masks? The default model, same run:
+
+- the integer graph (8-bit weight mantissas, 24-bit states) against torch;
+- torch against itself in float64 (the same weights, only float32's rounding removed);
+- torch against itself with every weight multiplied by (1 + 2**-k * N(0, 1)), k = 9 (about an
+  8-bit mantissa's rounding), 16 and 20, three seeds each: the float model's own sensitivity;
+- on synthetic images with ground truth (the data the default model was trained on): Dice
+  against the ground truth of torch's masks and of the integer graph's masks.
+
+MoNuSeg validation crops (64x64) where ``../shared`` is present, and seeded synthetic images.
+Prints one line per comparison, and the integer graph's disagreement over 8-bit noise's.
+
+    .venv/bin/python benchmarks/bench_agreement.py
+"""
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import numpy as np
+
+SIZE = 64
+SEEDS = (0, 1, 2)
+NOISE_EXPONENTS = (9, 16, 20)
+
+
+def _float64_probabilities(model, images: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return copy.deepcopy(model).double()(torch.from_numpy(images.astype(np.float64))).numpy()
+
+
+def _perturbed(model, exponent: int, seed: int):
+    import torch
+
+    noisy = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in noisy.parameters():
+            if parameter.dim() > 1:  # convolution weights
+                parameter.mul_(1 + 2.0**-exponent * torch.randn(parameter.shape, generator=generator))
+    return noisy
+
+
+def _compare(label: str, model, qgraph, images: np.ndarray) -> dict:
+    from medqk.convert.pipeline import int_probabilities, mask_agreement, torch_probabilities
+
+    reference = torch_probabilities(model, images)
+    rows = {"integer graph (8-bit weights)": mask_agreement(int_probabilities(qgraph, images), reference),
+            "torch float64": mask_agreement(_float64_probabilities(model, images), reference)}
+    for k in NOISE_EXPONENTS:
+        runs = [mask_agreement(torch_probabilities(_perturbed(model, k, s), images), reference) for s in SEEDS]
+        rows[f"torch, weights x (1 + 2^-{k} noise)"] = {key: float(np.mean([r[key] for r in runs])) for key in runs[0]}
+    print(f"{label}: masks against torch float32's (Dice, pixel agreement)")
+    for name, agreement in rows.items():
+        print(f"  {name:38s} Dice {agreement['dice']:.4f}  pixels {agreement['pixel_agreement']:.4f}")
+    int_gap = 1 - rows["integer graph (8-bit weights)"]["dice"]
+    noise_gap = 1 - rows["torch, weights x (1 + 2^-9 noise)"]["dice"]
+    print(f"  integer graph's Dice gap / 2^-9 weight noise's: {int_gap / noise_gap:.2f}" if noise_gap else "")
+    return rows
+
+
+def bench_agreement() -> dict:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from support import MONUSEG_VAL, monuseg_crops
+
+    from medqk.checkpoint import load_checkpoint
+    from medqk.convert.pipeline import float_graph_of, int_probabilities, mask_agreement, torch_probabilities
+    from medqk.convert.quantize import quantize
+    from medqk.data import synthetic_batch
+    from medqk.defaults import default_calibration_images, default_checkpoint_path
+
+    model = load_checkpoint(default_checkpoint_path())
+    qgraph, _ = quantize(float_graph_of(model, (SIZE, SIZE)), default_calibration_images(4, SIZE))
+    results = {}
+    if (MONUSEG_VAL / "img").is_dir():
+        results["monuseg"] = _compare(f"MoNuSeg val crops, 6 x {SIZE}x{SIZE}", model, qgraph, monuseg_crops(SIZE, 6))
+    images, masks = synthetic_batch(48, SIZE, seed=1234)
+    results["synthetic"] = _compare(f"synthetic images, 48 x {SIZE}x{SIZE}", model, qgraph, images)
+    torch_dice = mask_agreement(torch_probabilities(model, images), masks)["dice"]
+    int_dice = mask_agreement(int_probabilities(qgraph, images), masks)["dice"]
+    print(f"against the ground truth (synthetic): torch Dice {torch_dice:.4f}, integer graph Dice {int_dice:.4f} "
+          f"(difference {int_dice - torch_dice:+.4f})")
+    results["ground_truth"] = {"torch_dice": torch_dice, "int_dice": int_dice}
+    return results
+
+
+BENCHMARKS = {"agreement": bench_agreement}
+
+if __name__ == "__main__":
+    bench_agreement()
