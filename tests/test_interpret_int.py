@@ -2,7 +2,9 @@
 import numpy as np
 import pytest
 
-from medqk.convert import interpret_int
+from numpy.lib.stride_tricks import sliding_window_view
+
+from medqk.convert import interpret_int, kernels
 from medqk.convert.elementwise import Add
 from medqk.convert.fixed_point import shift_round, shift_round_half_even
 from medqk.convert.io import quantize_input
@@ -101,3 +103,31 @@ def test_input_beyond_24_bits_is_refused(qgraph):
     x = np.full((1, 3, 32, 32), 1 << 24, dtype=np.int64)
     with pytest.raises(ValueError, match="24-bit state range"):
         interpret_int.run(qgraph, x)
+
+
+def _integer_only_exact_int(kernel, x, w, *args, weight_sum):
+    """``kernels.exact_int`` in int64 numpy arithmetic alone (slow, and no float anywhere)."""
+    x, w = np.asarray(x, np.int64), np.asarray(w, np.int64)
+    if kernel is kernels.separable:
+        (uw,) = args
+        return np.matmul(np.matmul(w, x), np.asarray(uw, np.int64).T)
+    (sh, sw), (ph, pw), groups = args
+    n, _, _, _ = x.shape
+    o, cg, kh, kw = w.shape
+    windows = sliding_window_view(np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))), (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
+    ho, wo = windows.shape[2:4]
+    windows = windows.reshape(n, groups, cg, ho, wo, kh, kw)
+    out = np.einsum("ngchwkl,gockl->ngohw", windows, w.reshape(groups, o // groups, cg, kh, kw))
+    return out.reshape(n, o, ho, wo)
+
+
+def test_float_kernels_change_no_bit_against_integer_only_arithmetic(qgraph, monkeypatch):
+    """The interpreter's float32 / float64 kernels are an exact shortcut: with every linear kernel
+    replaced by int64 arithmetic (no floating point on the data path at all) every tensor of the
+    run is the same."""
+    x = quantize_input(random_images(2, 32, seed=11), qgraph.input.tensor.frac_bits)
+    _, fast, _ = interpret_int.run(qgraph, x, record=True)
+    monkeypatch.setattr(kernels, "exact_int", _integer_only_exact_int)
+    _, integer_only, _ = interpret_int.run(qgraph, x, record=True)
+    assert fast.keys() == integer_only.keys()
+    assert all(np.array_equal(fast[name], integer_only[name]) for name in fast)
