@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "medqk.commands",          # train, eval
     "medqk.convert.commands",  # convert, inspect
     "medqk.deploy.commands",   # run
+    "medqk.deploy.compare",    # compare
     "medqk.energy.commands",   # energy report
 )
 
