@@ -97,6 +97,8 @@ def format_summary(info: dict) -> str:
         f"  quantized  median relative RMS error {q['median_rel_rms_error']:.2e} (real tensors), "
         f"{100 * q['mean_spike_mismatch']:.3f}% spikes differ, {q['saturated_values']} values saturated",
         f"  vs torch   integer graph mask: pixel agreement {a['pixel_agreement']:.4f}, Dice {a['dice']:.4f} (calibration images)",
+        f"             (masks differ where a spike flips at a rounding boundary; `medqk compare {info['output']} --data DIR` "
+        "scores each backend against your ground truth)",
     ])
 
 
