@@ -1,4 +1,5 @@
-"""How closely can any integer graph follow the torch model's masks? The default model, same run:
+"""How closely can any integer graph follow the torch model's masks? Same run, for the tiny default
+model and for a published-width model trained on MoNuSeg (tests/assets):
 
 - the integer graph (8-bit weight mantissas, 24-bit states) against torch;
 - torch against itself in float64 (the same weights, only float32's rounding removed);
@@ -7,7 +8,8 @@
 - on synthetic images with ground truth (the data the default model was trained on): Dice
   against the ground truth of torch's masks and of the integer graph's masks.
 
-MoNuSeg validation crops (64x64) where ``../shared`` is present, and seeded synthetic images.
+Default model: MoNuSeg validation crops (64x64) where ``../shared`` is present, and seeded synthetic
+images. Trained checkpoint: the 6 MoNuSeg validation images at 256x256.
 Prints one line per comparison, and the integer graph's disagreement over 8-bit noise's.
 
     .venv/bin/python benchmarks/bench_agreement.py
@@ -77,6 +79,7 @@ def bench_agreement() -> dict:
     results = {}
     if (MONUSEG_VAL / "img").is_dir():
         results["monuseg"] = _compare(f"MoNuSeg val crops, 6 x {SIZE}x{SIZE}", model, qgraph, monuseg_crops(SIZE, 6))
+        results["monuseg_trained"] = _trained_checkpoint()
     images, masks = synthetic_batch(48, SIZE, seed=1234)
     results["synthetic"] = _compare(f"synthetic images, 48 x {SIZE}x{SIZE}", model, qgraph, images)
     torch_dice = mask_agreement(torch_probabilities(model, images), masks)["dice"]
@@ -85,6 +88,29 @@ def bench_agreement() -> dict:
           f"(difference {int_dice - torch_dice:+.4f})")
     results["ground_truth"] = {"torch_dice": torch_dice, "int_dice": int_dice}
     return results
+
+
+def _trained_checkpoint() -> dict:
+    """The same comparisons for MedQKFormer at the published widths trained on MoNuSeg
+    (tests/assets/monuseg-published.pt), on the 6 validation images at its 256x256 input."""
+    from support import MONUSEG_CHECKPOINT, MONUSEG_VAL, monuseg_val_images
+
+    from medqk.checkpoint import load_checkpoint_payload
+    from medqk.convert.pipeline import float_graph_of, int_probabilities, mask_agreement, torch_probabilities
+    from medqk.convert.quantize import quantize
+    from medqk.data import PairDataset, Preprocessing, load_split
+
+    model, meta = load_checkpoint_payload(MONUSEG_CHECKPOINT)
+    prep = Preprocessing.from_dict(meta["preprocessing"])
+    train = PairDataset(load_split(str(MONUSEG_VAL.parent), "imglabel", 0.2, 41).train, prep)
+    qgraph, _ = quantize(float_graph_of(model, prep.size), np.stack([train[i][0].numpy() for i in range(2)]))
+    images, masks = monuseg_val_images(prep)
+    rows = _compare(f"MoNuSeg val, 6 x {prep.size[0]}x{prep.size[1]}, published widths trained on MoNuSeg",
+                    model, qgraph, images)
+    torch_dice = mask_agreement(torch_probabilities(model, images), masks)["dice"]
+    int_dice = mask_agreement(int_probabilities(qgraph, images), masks)["dice"]
+    print(f"  against the ground truth: torch Dice {torch_dice:.4f}, integer graph Dice {int_dice:.4f}")
+    return {**rows, "ground_truth": {"torch_dice": torch_dice, "int_dice": int_dice}}
 
 
 BENCHMARKS = {"agreement": bench_agreement}

@@ -12,6 +12,10 @@ MONUSEG_VAL = SHARED / "data" / "monuseg" / "val"
 
 needs_monuseg = pytest.mark.skipif(not (MONUSEG_VAL / "img").is_dir(), reason="../shared/data/monuseg is absent")
 
+#: MedQKFormer at the published widths trained on the 24 MoNuSeg training images of ../shared
+#: (tests/assets/make_monuseg_checkpoint.py says how), convolution weights stored as float16
+MONUSEG_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "monuseg-published.pt"
+
 SMALL_WIDTHS = (8, 16, 32, 64)
 
 
@@ -45,6 +49,16 @@ def monuseg_crops(size: int = 64, count: int = 6, offset: int = 300) -> np.ndarr
         rgb = np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) / 255.0
         crops.append(rgb[offset:offset + size, offset:offset + size, ::-1].transpose(2, 0, 1))
     return np.ascontiguousarray(np.stack(crops))
+
+
+def monuseg_val_images(prep) -> tuple[np.ndarray, np.ndarray]:
+    """The 6 MoNuSeg validation images and masks of ../shared, preprocessed by ``prep``:
+    float32 [6, 3, H, W] and [6, 1, H, W]."""
+    from medqk.data import PairDataset, load_split
+
+    val = PairDataset(load_split(str(MONUSEG_VAL.parent), "imglabel", 0.2, 41).val, prep)
+    samples = [val[i] for i in range(len(val))]
+    return np.stack([s[0].numpy() for s in samples]), np.stack([s[1].numpy() for s in samples])
 
 
 def random_images(count: int, size: int = 64, seed: int = 0) -> np.ndarray:

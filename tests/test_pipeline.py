@@ -1,9 +1,9 @@
 """The converted default model against torch on real images (crops of MoNuSeg validation images).
 
-The float IR must reproduce torch; the integer graph is held to what 8-bit weights allow on this
-network: a spike that flips at a rounding boundary changes every layer downstream of it, so the
-integer masks agree with torch's less than bit-for-bit (the README states the figures), while
-their accuracy against the ground truth is torch's.
+The float IR must reproduce torch. The integer graph reproduces the masks of a trained
+published-width checkpoint (Dice >= 0.99); the tiny default model is more sensitive to 8-bit
+weights (a spike that flips at a rounding boundary changes every layer downstream of it), so its
+integer masks are held to a lower bound, while their accuracy against the ground truth is torch's.
 """
 import numpy as np
 import pytest
@@ -69,10 +69,25 @@ def test_integer_graph_masks_agree_with_torch_on_real_images(default_model, crop
     graph = float_graph_of(default_model, (SIZE, SIZE))
     qgraph, report = quantize(graph, monuseg_crops(SIZE, 4, offset=100))
     agreement = mask_agreement(int_probabilities(qgraph, crops), torch_probabilities(default_model, crops))
-    # measured 0.943 Dice / 0.974 pixel agreement with 8-bit weights; torch itself moves as far when
-    # its weights get 2^-9 relative noise (benchmarks/bench_agreement.py; README, Known limits)
+    # the tiny default model (widths 8-16-32-64) is far more sensitive than a published-width one:
+    # measured 0.943 Dice / 0.974 pixel agreement; torch itself moves as far when its weights get
+    # 2^-9 relative noise (benchmarks/bench_agreement.py; README, Known limits)
     assert agreement["dice"] >= 0.92 and agreement["pixel_agreement"] >= 0.96
     assert sum(r.saturated for r in report) == 0
+
+
+def test_a_trained_checkpoint_runs_as_integers_with_torch_s_masks(monuseg_trained):
+    """The IR issue's targets on real images with a trained checkpoint: MedQKFormer at the published
+    widths trained on MoNuSeg (tests/assets), on the 6 validation images at its 256x256 input.
+    Measured: float IR pixel agreement 1.0; integer graph Dice 0.9937, pixel agreement 0.9952."""
+    m = monuseg_trained
+    float_agreement = mask_agreement(interpret_float.run(m.graph, m.images), m.torch_probabilities)
+    int_probs = int_probabilities(m.qgraph, m.images)
+    int_agreement = mask_agreement(int_probs, m.torch_probabilities)
+    assert float_agreement["pixel_agreement"] >= 0.999
+    assert int_agreement["dice"] >= 0.99 and int_agreement["pixel_agreement"] >= 0.995
+    # and the masks it changes do not change its accuracy (Dice 0.560 vs torch's 0.561)
+    assert abs(mask_agreement(int_probs, m.masks)["dice"] - mask_agreement(m.torch_probabilities, m.masks)["dice"]) <= 0.01
 
 
 def test_integer_graph_is_as_accurate_as_torch_against_ground_truth(default_model):
