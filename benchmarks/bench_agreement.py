@@ -93,22 +93,15 @@ def bench_agreement() -> dict:
 def _trained_checkpoint() -> dict:
     """The same comparisons for MedQKFormer at the published widths trained on MoNuSeg
     (tests/assets/monuseg-published.pt), on the 6 validation images at its 256x256 input."""
-    from support import MONUSEG_CHECKPOINT, MONUSEG_VAL, monuseg_val_images
+    from support import monuseg_trained
 
-    from medqk.checkpoint import load_checkpoint_payload
-    from medqk.convert.pipeline import float_graph_of, int_probabilities, mask_agreement, torch_probabilities
-    from medqk.convert.quantize import quantize
-    from medqk.data import PairDataset, Preprocessing, load_split
+    from medqk.convert.pipeline import int_probabilities, mask_agreement
 
-    model, meta = load_checkpoint_payload(MONUSEG_CHECKPOINT)
-    prep = Preprocessing.from_dict(meta["preprocessing"])
-    train = PairDataset(load_split(str(MONUSEG_VAL.parent), "imglabel", 0.2, 41).train, prep)
-    qgraph, _ = quantize(float_graph_of(model, prep.size), np.stack([train[i][0].numpy() for i in range(2)]))
-    images, masks = monuseg_val_images(prep)
-    rows = _compare(f"MoNuSeg val, 6 x {prep.size[0]}x{prep.size[1]}, published widths trained on MoNuSeg",
-                    model, qgraph, images)
-    torch_dice = mask_agreement(torch_probabilities(model, images), masks)["dice"]
-    int_dice = mask_agreement(int_probabilities(qgraph, images), masks)["dice"]
+    m = monuseg_trained()
+    size = m.images.shape[2]
+    rows = _compare(f"MoNuSeg val, 6 x {size}x{size}, published widths trained on MoNuSeg", m.model, m.qgraph, m.images)
+    torch_dice = mask_agreement(m.torch_probabilities, m.masks)["dice"]
+    int_dice = mask_agreement(int_probabilities(m.qgraph, m.images), m.masks)["dice"]
     print(f"  against the ground truth: torch Dice {torch_dice:.4f}, integer graph Dice {int_dice:.4f}")
     return {**rows, "ground_truth": {"torch_dice": torch_dice, "int_dice": int_dice}}
 

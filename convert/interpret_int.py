@@ -27,9 +27,8 @@ def conv2d(op, x):
     if not x.any():  # no spike arrived: only the bias (event-driven, as on a chip)
         acc = np.zeros((x.shape[0], *op.out_shape([x.shape[1:]])), np.int64)
     else:
-        weight_sum = int(np.abs(op.weight_mantissa).reshape(op.out_channels, -1).sum(axis=1).max())
         acc = kernels.exact_int(kernels.conv2d, x, op.weight_mantissa, op.stride, op.padding, op.groups,
-                                weight_sum=weight_sum)
+                                weight_sum=kernels.largest_weight_sum(op.weight_mantissa))
     # an int32 accumulator (|acc| < 2**24) stays int32, half the memory traffic, where
     # acc + bias + 2**(shift-1) surely fits; otherwise widen before requantizing in place
     if acc.dtype == np.int32 and not (0 < op.shift < 30 and np.abs(op.bias_acc).max(initial=0) < 1 << 29):

@@ -49,6 +49,12 @@ def maxpool2d(x: np.ndarray, kernel: int, stride: int) -> np.ndarray:
     return win.max(axis=(4, 5))
 
 
+def largest_weight_sum(w: np.ndarray) -> int:
+    """max over outputs of sum |w| feeding that output (w [O, ...]): the ``weight_sum`` of a
+    convolution's bound below."""
+    return int(np.abs(w).reshape(len(w), -1).sum(axis=1).max(initial=0))
+
+
 def float32_plane_bits(peak: int, weight_sum: int) -> int | None:
     """Bits per digit plane that keep a float32 linear kernel exact (None: no split needed).
 

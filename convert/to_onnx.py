@@ -51,7 +51,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from medqk.convert.fixed_point import STATE_BITS, STATE_MAX, STATE_MIN
 from medqk.convert.graph import SPIKE, Graph, Node
-from medqk.convert.kernels import FLOAT64_EXACT, float32_plane_bits
+from medqk.convert.kernels import FLOAT64_EXACT, float32_plane_bits, largest_weight_sum
 from medqk.convert.synapses import interp_matrix_int
 
 #: ONNX operator set of both models
@@ -302,7 +302,7 @@ def conv2d_int(b: _Builder, node: Node, x: str) -> str:
     op = node.op
     source = b.graph[node.inputs[0]].tensor
     peak = source.levels if source.kind == SPIKE else STATE_LIMIT
-    weight_sum = int(np.abs(op.weight_mantissa).reshape(op.out_channels, -1).sum(axis=1).max())
+    weight_sum = largest_weight_sum(op.weight_mantissa)
     bits = float32_plane_bits(peak, weight_sum)
     if bits == 0:
         raise ValueError(f"node {node.name}: weights with sum|w| = {weight_sum} cannot be convolved exactly in float32")

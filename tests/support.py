@@ -51,14 +51,34 @@ def monuseg_crops(size: int = 64, count: int = 6, offset: int = 300) -> np.ndarr
     return np.ascontiguousarray(np.stack(crops))
 
 
-def monuseg_val_images(prep) -> tuple[np.ndarray, np.ndarray]:
-    """The 6 MoNuSeg validation images and masks of ../shared, preprocessed by ``prep``:
-    float32 [6, 3, H, W] and [6, 1, H, W]."""
+def monuseg_images(prep, split: str = "val", count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The MoNuSeg images and masks of ../shared (``split``: its 24 "train" or 6 "val" images, the
+    first ``count``), preprocessed by ``prep``: float32 [N, 3, H, W] and [N, 1, H, W]."""
     from medqk.data import PairDataset, load_split
 
-    val = PairDataset(load_split(str(MONUSEG_VAL.parent), "imglabel", 0.2, 41).val, prep)
-    samples = [val[i] for i in range(len(val))]
+    pairs = load_split(str(MONUSEG_VAL.parent), "imglabel", 0.2, 41)
+    dataset = PairDataset(pairs.val if split == "val" else pairs.train, prep)
+    samples = [dataset[i] for i in range(len(dataset) if count is None else count)]
     return np.stack([s[0].numpy() for s in samples]), np.stack([s[1].numpy() for s in samples])
+
+
+def monuseg_trained():
+    """The published-width MoNuSeg checkpoint with its float and integer graphs (calibrated on two
+    training images), the 6 validation images and masks at its 256x256 input, and torch's output."""
+    import types
+
+    from medqk.checkpoint import load_checkpoint_payload
+    from medqk.convert.pipeline import float_graph_of, torch_probabilities
+    from medqk.convert.quantize import quantize
+    from medqk.data import Preprocessing
+
+    model, meta = load_checkpoint_payload(MONUSEG_CHECKPOINT)
+    prep = Preprocessing.from_dict(meta["preprocessing"])
+    graph = float_graph_of(model, prep.size)
+    qgraph, _ = quantize(graph, monuseg_images(prep, "train", 2)[0])
+    images, masks = monuseg_images(prep)
+    return types.SimpleNamespace(model=model, graph=graph, qgraph=qgraph, images=images, masks=masks,
+                                 torch_probabilities=torch_probabilities(model, images))
 
 
 def random_images(count: int, size: int = 64, seed: int = 0) -> np.ndarray:
