@@ -2,13 +2,16 @@
 
 Each package registers its own subcommands (``register(subparsers)`` in its ``commands``
 module) and imports its heavy libraries only when a command runs, so ``medqk --help`` is fast.
-User mistakes end with a one-line error and exit code 2 (full traceback with -v).
+User mistakes end with a one-line error and exit code 2 (full traceback with -v); Ctrl-C ends a
+command with exit code 130 and SIGTERM with 143, after the same clean-up.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from medqk import console
@@ -25,6 +28,7 @@ COMMAND_MODULES = (
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process SIGTERM ended
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +57,8 @@ DEMO_FLOAT_DICE, DEMO_INT_DICE = 0.99, 0.9
 
 
 def register_demo(subparsers) -> None:
+    from medqk.data.preprocess import PIXEL_DEPTH_RULE
+
     p = subparsers.add_parser(
         "demo", help="convert, run every backend, compare them and write an energy report (HTML)",
         description="The whole journey on one model and one image: convert the checkpoint, run it in torch, the IR "
@@ -60,8 +66,10 @@ def register_demo(subparsers) -> None:
                     "and the ANN twin, and write one self-contained HTML report.")
     p.add_argument("checkpoint", nargs="?", type=Path, help="checkpoint to use (default: the embedded default model)")
     p.add_argument("-o", "--output", type=Path, default=Path("medqk-demo"), help="output directory (default: %(default)s)")
-    p.add_argument("--image", type=Path, help="an image (or .npy network input); default: a built-in synthetic image with its mask")
-    p.add_argument("--mask", type=Path, help="the image's ground-truth mask, shown and scored when given")
+    p.add_argument("--image", type=Path, help="an image (or .npy network input); default: a built-in synthetic image with its mask; "
+                                              + PIXEL_DEPTH_RULE)
+    p.add_argument("--mask", type=Path, help="the image's ground-truth mask (0/1, or 0 to the full scale of its bit depth), "
+                                             "shown and scored when given")
     p.add_argument("--skip", action="append", default=[], choices=DEMO_BACKENDS, metavar="BACKEND",
                    help="leave a backend out (repeatable), e.g. --skip lava")
     p.add_argument("--json", type=Path, metavar="F", help="also write the demo's results as JSON")
@@ -72,23 +80,49 @@ def run_demo(args) -> int:
     import json
     import time
 
+    from medqk.convert.serialize import check_model_destination
+    from medqk.outputs import check_files, check_folder, write_files
+
+    check_folder("-o", args.output)
+    check_model_destination(args.output / "model", force=True)
+    check_files({"--json": args.json})
     start = time.perf_counter()
     run = DemoRun.execute(args.checkpoint, args.output, args.image, args.mask, [b for b in DEMO_BACKENDS if b not in args.skip])
-    report_path = write_report(run, args.output / "report.html")
+    report_path = args.output / "report.html"
     summary = run.summary()
     summary["seconds"] = time.perf_counter() - start
-    (args.output / "results.json").write_text(json.dumps(summary, indent=2, default=str))
-    if args.json:
-        args.json.write_text(json.dumps(summary, indent=2, default=str))
+    results = json.dumps(summary, indent=2, default=str)
+    write_files({report_path: lambda path: write_report(run, path),
+                 args.output / "results.json": lambda path: path.write_text(results),
+                 args.json: lambda path: path.write_text(results)})
     console.info(run.format_summary())
     console.info(f"report written: {report_path.resolve()}  ({summary['seconds']:.0f} s)")
     return 0 if summary["all_agree"] else 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as Ctrl-C's KeyboardInterrupt is, so that the same clean-up runs."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
+def _sigterm_raises_terminated():
+    """Make SIGTERM raise Terminated; return the handler it replaces, or None where it stays as it is
+    (ignored, or not the main thread, which alone may set handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     console.verbosity = 2 if args.verbose else 0 if args.quiet else 1
+    previous_sigterm = _sigterm_raises_terminated()
     try:
         return int(args.func(args) or 0)
     except MedqkError as error:
@@ -96,9 +130,15 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"medqk {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except Terminated:
+        print(f"medqk {args.command}: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print(f"medqk {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
 
 
 class DemoRun:

@@ -35,9 +35,12 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # those declarations; their real needs (numpy 1.26, scipy, asteval<0.10) come from medqk's own.
   "${pip[@]}" install --no-deps --ignore-requires-python "lava-nc==0.10.0" "lava-dl==0.6.0"
   "$VENV/bin/python" -m medqk.deploy.lava_py311
+  echo "[medqk] installing the extra medqk[peers] (SpikingJelly, NeuroBench) without their declared dependencies"
+  "${pip[@]}" install --no-deps $("$VENV/bin/python" -c \
+    'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["peers"]))')
   echo "$want" > "$stamp"
 fi
-"$VENV/bin/python" -c "import lava.magma.core.run_configs, lava.proc.conv.process, torch, onnxruntime" \
+"$VENV/bin/python" -c "import lava.magma.core.run_configs, lava.proc.conv.process, torch, onnxruntime, spikingjelly.activation_based.op_counter, neurobench.benchmarks" \
   || { echo "[medqk] install check failed: see the messages above" >&2; exit 1; }
 echo "[medqk] installed: $VENV/bin/medqk"
 

@@ -5,6 +5,9 @@ model and for a published-width model trained on MoNuSeg (tests/assets):
 - torch against itself in float64 (the same weights, only float32's rounding removed);
 - torch against itself with every weight multiplied by (1 + 2**-k * N(0, 1)), k = 9 (about an
   8-bit mantissa's rounding), 16 and 20, three seeds each: the float model's own sensitivity;
+- the float graph with one of the integer graph's roundings put back at a time (weights, states,
+  multipliers, upsampling weights, input): what each costs (``medqk convert`` reports both on the
+  calibration images; ``convert/sensitivity.py`` computes them);
 - on synthetic images with ground truth (the data the default model was trained on): Dice
   against the ground truth of torch's masks and of the integer graph's masks.
 
@@ -23,7 +26,6 @@ from pathlib import Path
 import numpy as np
 
 SIZE = 64
-SEEDS = (0, 1, 2)
 NOISE_EXPONENTS = (9, 16, 20)
 
 
@@ -34,33 +36,24 @@ def _float64_probabilities(model, images: np.ndarray) -> np.ndarray:
         return copy.deepcopy(model).double()(torch.from_numpy(images.astype(np.float64))).numpy()
 
 
-def _perturbed(model, exponent: int, seed: int):
-    import torch
+def _compare(label: str, model, graph, qgraph, images: np.ndarray) -> dict:
+    from medqk.convert.pipeline import int_probabilities, torch_probabilities
+    from medqk.convert.sensitivity import SOURCES, attribution, label_score, noise_key, weight_noise_agreement
 
-    noisy = copy.deepcopy(model)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in noisy.parameters():
-            if parameter.dim() > 1:  # convolution weights
-                parameter.mul_(1 + 2.0**-exponent * torch.randn(parameter.shape, generator=generator))
-    return noisy
-
-
-def _compare(label: str, model, qgraph, images: np.ndarray) -> dict:
-    from medqk.convert.pipeline import int_probabilities, mask_agreement, torch_probabilities
-
-    reference = torch_probabilities(model, images)
-    rows = {"integer graph (8-bit weights)": mask_agreement(int_probabilities(qgraph, images), reference),
-            "torch float64": mask_agreement(_float64_probabilities(model, images), reference)}
-    for k in NOISE_EXPONENTS:
-        runs = [mask_agreement(torch_probabilities(_perturbed(model, k, s), images), reference) for s in SEEDS]
-        rows[f"torch, weights x (1 + 2^-{k} noise)"] = {key: float(np.mean([r[key] for r in runs])) for key in runs[0]}
+    score = label_score(torch_probabilities(model, images), "sigmoid")
+    rows = {"integer graph (8-bit weights)": score(int_probabilities(qgraph, images)),
+            "torch float64": score(_float64_probabilities(model, images))}
+    for k in NOISE_EXPONENTS:  # three seeded draws each
+        rows[f"torch, weights x (1 + {noise_key(k)} noise)"] = weight_noise_agreement(model, images, score, k)
+    for source, agreement in attribution(graph, qgraph, images, score).items():
+        rows[f"float graph, only {source}"] = agreement
     print(f"{label}: masks against torch float32's (Dice, pixel agreement)")
     for name, agreement in rows.items():
         print(f"  {name:38s} Dice {agreement['dice']:.4f}  pixels {agreement['pixel_agreement']:.4f}")
     int_gap = 1 - rows["integer graph (8-bit weights)"]["dice"]
     noise_gap = 1 - rows["torch, weights x (1 + 2^-9 noise)"]["dice"]
     print(f"  integer graph's Dice gap / 2^-9 weight noise's: {int_gap / noise_gap:.2f}" if noise_gap else "")
+    print(f"  (sources: {'; '.join(f'{k}: {v}' for k, v in SOURCES.items())})")
     return rows
 
 
@@ -75,13 +68,14 @@ def bench_agreement() -> dict:
     from medqk.defaults import default_calibration_images, default_checkpoint_path
 
     model = load_checkpoint(default_checkpoint_path())
-    qgraph, _ = quantize(float_graph_of(model, (SIZE, SIZE)), default_calibration_images(4, SIZE))
+    graph = float_graph_of(model, (SIZE, SIZE))
+    qgraph, _ = quantize(graph, default_calibration_images(4, SIZE))
     results = {}
     if (MONUSEG_VAL / "img").is_dir():
-        results["monuseg"] = _compare(f"MoNuSeg val crops, 6 x {SIZE}x{SIZE}", model, qgraph, monuseg_crops(SIZE, 6))
+        results["monuseg"] = _compare(f"MoNuSeg val crops, 6 x {SIZE}x{SIZE}", model, graph, qgraph, monuseg_crops(SIZE, 6))
         results["monuseg_trained"] = _trained_checkpoint()
     images, masks = synthetic_batch(48, SIZE, seed=1234)
-    results["synthetic"] = _compare(f"synthetic images, 48 x {SIZE}x{SIZE}", model, qgraph, images)
+    results["synthetic"] = _compare(f"synthetic images, 48 x {SIZE}x{SIZE}", model, graph, qgraph, images)
     torch_dice = mask_agreement(torch_probabilities(model, images), masks)["dice"]
     int_dice = mask_agreement(int_probabilities(qgraph, images), masks)["dice"]
     print(f"against the ground truth (synthetic): torch Dice {torch_dice:.4f}, integer graph Dice {int_dice:.4f} "
@@ -99,7 +93,7 @@ def _trained_checkpoint() -> dict:
 
     m = monuseg_trained()
     size = m.images.shape[2]
-    rows = _compare(f"MoNuSeg val, 6 x {size}x{size}, published widths trained on MoNuSeg", m.model, m.qgraph, m.images)
+    rows = _compare(f"MoNuSeg val, 6 x {size}x{size}, published widths trained on MoNuSeg", m.model, m.graph, m.qgraph, m.images)
     torch_dice = mask_agreement(m.torch_probabilities, m.masks)["dice"]
     int_dice = mask_agreement(int_probabilities(m.qgraph, m.images), m.masks)["dice"]
     print(f"  against the ground truth: torch Dice {torch_dice:.4f}, integer graph Dice {int_dice:.4f}")

@@ -6,9 +6,12 @@
   float32) and on 24-bit real values (float32 digit planes): its busy time in the model and the whole run;
 - MedQKFormer at its published widths on one 256x256 image: Lava build and run next to the integer
   interpreter, bit-exactness, where the time goes, and the peak memory of the whole process tree
-  (sum of PSS, so pages shared by the forked Lava processes count once).
+  (sum of PSS, so pages shared by the forked Lava processes count once);
+- with ``library [SIZE]``: MedQKFormer in the Lava library graph (``deploy.lava_library``, fast
+  models) next to the interpreter, bit-exactness and peak memory.
 
     .venv/bin/python benchmarks/bench_lava.py
+    .venv/bin/python benchmarks/bench_lava.py library 64
 """
 import os
 import threading
@@ -70,7 +73,11 @@ def bench_conv(size: int, spikes: bool) -> dict:
 
 def _tree(pid: int) -> list[int]:
     children = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").glob("*"))
+    except OSError:  # the process exited while we walked the tree
+        tasks = []
+    for task in tasks:
         try:
             children += (task / "children").read_text().split()
         except OSError:
@@ -146,7 +153,46 @@ def bench_medqkformer_256() -> dict:
             "busy_s": sum(lava.busy_s.values()), "peak_pss_bytes": memory.peak, "host_pss_bytes": host_before}
 
 
+def bench_library_graph(size: int) -> dict:
+    """MedQKFormer (published widths, random weights) at ``size`` x ``size`` in the Lava library graph
+    (``deploy.lava_library``, fast models) next to the integer interpreter, in one run."""
+    import torch
+
+    from medqk import MedQKFormer
+    from medqk.convert import interpret_int
+    from medqk.convert.io import quantize_input
+    from medqk.convert.pipeline import float_graph_of
+    from medqk.convert.quantize import quantize
+    from medqk.deploy.lava_graph import lower
+    from medqk.deploy.lava_library import run_image
+
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).random((1, 3, size, size)).astype(np.float32)
+    graph, _ = quantize(float_graph_of(MedQKFormer().eval(), (size, size)), x)
+    x_int = quantize_input(x, graph.input.tensor.frac_bits)
+    start = time.perf_counter()
+    expected = interpret_int.run(graph, x_int)
+    interpreter_s = time.perf_counter() - start
+    lowered = lower(graph)
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        lava = run_image(graph, x_int, "fast", lowered)
+        total_s = time.perf_counter() - start
+    exact = np.array_equal(lava.logits, expected)
+    print(f"library graph, MedQKFormer (published widths) {size}x{size}: {lava.processes} processes, {lava.steps} steps | "
+          f"interpreter {interpreter_s:.2f} s | Lava (fast) {total_s:.1f} s = build {lava.build_s:.1f} + run {lava.run_s:.1f} "
+          f"+ read {lava.read_s:.2f} ({total_s / interpreter_s:.0f}x the interpreter); bit-exact: {exact}; "
+          f"peak memory (PSS, all processes) {memory.peak / 2**30:.2f} GiB")
+    return {"interpreter_s": interpreter_s, "lava_s": total_s, "build_s": lava.build_s, "run_s": lava.run_s,
+            "processes": lava.processes, "steps": lava.steps, "bit_exact": exact, "peak_pss_bytes": memory.peak}
+
+
 if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] == ["library"]:  # bench_lava.py library [SIZE]: the library graph only (minutes)
+        bench_library_graph(int(sys.argv[2]) if len(sys.argv) > 2 else 64)
+        sys.exit()
     bench_step_overhead()
     for size in (64, 256):
         for spikes in (True, False):

@@ -1,5 +1,5 @@
-"""MedQKFormer() (published widths) on this machine: forward latency at 256x256, batch 1 and 8,
-and one training step (forward, backward, Adam) at the recipe's batch 8."""
+"""MedQKFormer() (published widths) on this machine: forward latency at 256x256, batch 1 and 8.
+The training step is bench_train.py's ``train_step``."""
 from __future__ import annotations
 
 import time
@@ -7,7 +7,6 @@ import time
 import torch
 
 FORWARD_REPEATS = 3
-TRAIN_STEP_REPEATS = 2
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -36,26 +35,4 @@ def bench_forward() -> dict:
     return results
 
 
-def bench_train_step() -> dict:
-    """One optimisation step of the recipe: batch 8 at 256x256, BCE + Dice, Adam."""
-    from medqk import MedQKFormer
-    from medqk.metrics import segmentation_loss
-
-    torch.manual_seed(0)
-    model = MedQKFormer().train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    images = torch.rand(8, 3, 256, 256)
-    masks = (torch.rand(8, 1, 256, 256) > 0.7).float()
-
-    def step():
-        loss = segmentation_loss(model(images), masks)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    seconds = median_seconds(step, TRAIN_STEP_REPEATS)
-    print(f"train step 256x256 batch 8: {seconds:.2f} s ({seconds / 8 * 1000:.0f} ms per image)")
-    return {"train_step_b8_s": seconds}
-
-
-BENCHMARKS = {"forward": bench_forward, "train_step": bench_train_step}
+BENCHMARKS = {"forward": bench_forward}

@@ -24,6 +24,8 @@ OUTPUT_WRITERS.append(write_onnx)
 
 
 def register(subparsers) -> None:
+    from medqk.data.preprocess import PIXEL_DEPTH_RULE
+
     p = subparsers.add_parser(
         "convert", help="trace, fold and quantize a checkpoint into a model directory",
         description="Trace a MedQKFormer checkpoint into the spike-graph IR, fold BatchNorm and the NISF 1/D "
@@ -32,12 +34,27 @@ def register(subparsers) -> None:
     p.add_argument("checkpoint", nargs="?", type=Path,
                    help="a medqk checkpoint or a bare reference state_dict (.pt); default: the embedded default model")
     p.add_argument("-o", "--output", type=Path, default=Path("medqk-model"), help="model directory to write (default: %(default)s)")
-    p.add_argument("--calibrate", type=Path, metavar="DIR", help="folder of calibration images (default: built-in synthetic images)")
+    p.add_argument("--calibrate", type=Path, metavar="DIR",
+                   help=f"folder of calibration images (default: built-in synthetic images); {PIXEL_DEPTH_RULE}")
     p.add_argument("--calibration-count", type=int, default=4, metavar="N", help="calibration images to use (default: %(default)s)")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
-                   help="input size the graph is built for, multiples of 16 (default: the checkpoint's preprocessing size)")
-    p.add_argument("--force", action="store_true", help="replace an existing non-empty output directory")
+                   help="input size the graph is built for, positive multiples of 16 whose conversion fits in memory "
+                        "(default: the checkpoint's preprocessing size)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing model directory: only a folder holding a model.json written by medqk, "
+                        "never the current folder or one above it, nor one holding an input (checkpoint, calibration "
+                        "images, --model file, --weights); files you added to it go with it. The old model stays until the new one is "
+                        "complete, and a failed conversion leaves it as it was")
     p.add_argument("--json", type=Path, metavar="F", help="also write the summary as JSON")
+    p.add_argument("--no-sensitivity", action="store_true",
+                   help="skip the sensitivity report (torch under 2^-9 and 2^-16 weight noise, and what each "
+                        "rounding of the integer graph costs; a few more passes over the calibration images)")
+    p.add_argument("--model", metavar="FILE.py:FUNCTION",
+                   help="convert your own network instead of a checkpoint: FUNCTION() from FILE.py builds the "
+                        "torch module (FILE may call medqk.convert.register_neuron for its neuron classes)")
+    p.add_argument("--weights", type=Path, metavar="CKPT", help="with --model: a state_dict to load (torch.load, weights_only)")
+    p.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"),
+                   help="with --model: the network input the graph is built for (default: 3 and --image-size, or 3 256 256)")
     p.set_defaults(func=run_convert)
 
     p = subparsers.add_parser("inspect", help="print a converted model's node table; draw its graph",
@@ -46,30 +63,50 @@ def register(subparsers) -> None:
     p.add_argument("model", type=Path, help="a directory written by `medqk convert`")
     p.add_argument("--draw", type=Path, metavar="F", help="draw the graph to F (.svg or .png)")
     p.add_argument("--json", type=Path, metavar="F", help="write the node table as JSON")
+    p.add_argument("--lava", action="store_true",
+                   help="list the processes of the model's Lava graph instead (class, library, shape, weight and message "
+                        "bits, delay, the step its output is valid); --json writes them as a list of objects")
     p.set_defaults(func=run_inspect)
 
 
 def run_convert(args) -> int:
     from medqk.convert.inspect import summary
-    from medqk.convert.pipeline import convert_checkpoint
-    from medqk.convert.serialize import save_model
+    from medqk.convert.pipeline import convert_checkpoint, convert_user_network
+    from medqk.convert.serialize import check_model_destination, writing_model
     from medqk.errors import InputError
+    from medqk.outputs import FileSet, check_files
 
     if args.calibration_count < 1:
         raise InputError("--calibration-count must be at least 1")
+    if args.model is None and (args.weights or args.input_shape):
+        raise InputError("--weights and --input-shape go with --model FILE.py:FUNCTION")
+    if args.model is not None and args.checkpoint is not None:
+        raise InputError(f"give either a checkpoint ({args.checkpoint}) or --model {args.model}, not both")
     out = Path(args.output)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
-        raise InputError(f"output directory {out} exists and is not empty; choose another or pass --force")
-    converted, report, agreement, _ = convert_checkpoint(args.checkpoint, args.image_size, args.calibrate, args.calibration_count)
+    inputs = [args.checkpoint, args.calibrate, args.weights, Path(args.model.rpartition(":")[0]) if args.model else None]
+    check_model_destination(out, args.force, inputs)
+    check_files({"--json": args.json})
+    if args.json and out.resolve() in args.json.resolve().parents:
+        raise InputError(f"--json {args.json}: write it outside the model directory {out}")
+    if args.model is not None:
+        input_shape = args.input_shape or (3, *(args.image_size or (256, 256)))
+        converted, report, agreement = convert_user_network(args.model, args.weights, tuple(input_shape),
+                                                            args.calibrate, args.calibration_count,
+                                                            sensitivity=not args.no_sensitivity)
+    else:
+        converted, report, agreement, _ = convert_checkpoint(args.checkpoint, args.image_size, args.calibrate,
+                                                             args.calibration_count, sensitivity=not args.no_sensitivity)
     converted.meta["quantization"] = [vars(r) for r in report]
     notes: list[str] = []
     writers = [lambda d, m, w=w: notes.append(w(d, m)) for w in OUTPUT_WRITERS]
-    save_model(converted, out, force=args.force, extra_writers=writers)
-    info = {**summary(converted), "output": str(out), "agreement_with_torch": agreement,
-            "quantization": quantization_summary(report), "files": sorted(p.name for p in out.iterdir())}
+    # the model is moved into place first, the JSON file after it: both or neither
+    with FileSet() as files, writing_model(converted, out, args.force, writers, inputs) as staged:
+        info = {**summary(converted), "output": str(out), "agreement_with_torch": agreement,
+                "quantization": quantization_summary(report), "files": sorted(p.name for p in staged.iterdir()),
+                "sensitivity": converted.meta.get("sensitivity")}
+        if args.json:
+            files.write(args.json, lambda path: path.write_text(json.dumps(info, indent=2)))
     console.info("\n".join([format_summary(info), *filter(None, notes)]))
-    if args.json:
-        args.json.write_text(json.dumps(info, indent=2))
     return 0
 
 
@@ -86,6 +123,8 @@ def quantization_summary(report) -> dict:
 
 
 def format_summary(info: dict) -> str:
+    from medqk.convert.sensitivity import format_report
+
     q, a = info["quantization"], info["agreement_with_torch"]
     ops = ", ".join(f"{k} {v}" for k, v in info["ops"].items())
     kinds = ", ".join(f"{v} {k}" for k, v in info["tensor_kinds"].items())
@@ -99,20 +138,31 @@ def format_summary(info: dict) -> str:
         f"  vs torch   integer graph mask: pixel agreement {a['pixel_agreement']:.4f}, Dice {a['dice']:.4f} (calibration images)",
         f"             (masks differ where a spike flips at a rounding boundary; `medqk compare {info['output']} --data DIR` "
         "scores each backend against your ground truth)",
+        *(format_report(info["sensitivity"]) if info.get("sensitivity") else []),
     ])
 
 
 def run_inspect(args) -> int:
-    from medqk.convert.inspect import draw, format_table, node_rows, summary
+    from medqk.convert.inspect import DRAW_SUFFIXES, draw, format_table, node_rows, summary
     from medqk.convert.serialize import load_model
+    from medqk.outputs import check_files, write_files
 
+    check_files({"--draw": args.draw, "--json": args.json}, suffixes={"--draw": DRAW_SUFFIXES})
     model = load_model(args.model)
+    if args.lava:
+        from medqk.convert.inspect import format_lava_table, lava_rows
+
+        processes = lava_rows(model)
+        console.info(format_lava_table(processes))
+        write_files({args.draw: lambda path: draw(model.int_graph, path),
+                     args.json: lambda path: path.write_text(json.dumps(processes, indent=1))})
+        return 0
     rows = node_rows(model)
     console.info(format_table(rows))
     s = summary(model)
     console.info(f"\n{s['nodes']} nodes, depth {s['depth']}, {s['parameters']:,} parameters, input {s['image_size']}")
+    write_files({args.draw: lambda path: draw(model.int_graph, path),
+                 args.json: lambda path: path.write_text(json.dumps({"summary": s, "nodes": rows}, indent=2))})
     if args.draw:
-        console.info(f"graph drawn to {draw(model.int_graph, args.draw)}")
-    if args.json:
-        args.json.write_text(json.dumps({"summary": s, "nodes": rows}, indent=2))
+        console.info(f"graph drawn to {args.draw}")
     return 0

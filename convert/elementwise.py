@@ -11,7 +11,9 @@ rounding shift is named; ``requant(v, M, k) = shift_round(v * M, k)``):
     group_sum   y[:, g] = sum over channels g*C/G .. (g+1)*C/G - 1
     group_broadcast  y = repeat each channel ``repeats`` times (channel-wise, consecutive)
     concat      along channels
-    maxpool2d   (float only; ANN baselines)
+    channel_slice  y = x[start:stop] along channels (chunk, split, slicing)
+    maxpool2d   y = max over each window            | int: the same max (exact; on spike maps it
+                                                      commutes with the neuron, which is monotone)
 """
 from __future__ import annotations
 
@@ -132,8 +134,24 @@ class Concat(Op):
 
 
 @dataclasses.dataclass(eq=False)
+class ChannelSlice(Op):
+    """Channels ``start`` .. ``stop - 1`` of the input (``torch.chunk``, ``torch.split``, ``x[:, a:b]``)."""
+
+    type: ClassVar[str] = "channel_slice"
+
+    start: int = 0
+    stop: int = 1
+
+    def out_shape(self, in_shapes):
+        c, h, w = in_shapes[0]
+        if not 0 <= self.start < self.stop <= c:
+            raise ValueError(f"channel_slice {self.start}:{self.stop} is outside the input's {c} channels")
+        return (self.stop - self.start, h, w)
+
+
+@dataclasses.dataclass(eq=False)
 class MaxPool2d(Op):
-    """Max pooling (ANN baselines; float only)."""
+    """Max pooling, square window, no padding (ANN baselines; spike maps of spiking networks)."""
 
     type: ClassVar[str] = "maxpool2d"
 

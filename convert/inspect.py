@@ -19,6 +19,8 @@ def node_rows(model: ConvertedModel) -> list[dict]:
         quant = ""
         if op.type == "conv2d":
             quant = f"w 8b*2^{op.weight_exponent} >>{op.shift}"
+        elif op.type == "nisf" and op.threshold is not None:
+            quant = f"x >= {op.threshold_int}"
         elif op.type == "nisf":
             quant = f"x*{op.multiplier} >>{op.shift} clip 0..{op.levels}"
         elif op.type == "affine":
@@ -53,6 +55,34 @@ def summary(model: ConvertedModel) -> dict:
             "image_size": list(model.image_size)}
 
 
+def lava_rows(model: ConvertedModel) -> list[dict]:
+    """One row per process of the model's Lava library graph (``deploy.lava_graph``): name, class,
+    library ("lava" or "medqk"), shape (W, H, C), weight_bits, weight_exp, message_bits, delay,
+    valid_step (the step at which its output is valid), the IR node it computes and its inputs."""
+    from medqk.deploy.lava_graph import lower
+
+    return [spec.row() for spec in lower(model.int_graph).processes]
+
+
+def format_lava_table(rows: list[dict]) -> str:
+    header = ("#", "name", "class", "library", "shape", "weight bits", "weight exp", "message bits", "delay", "valid at")
+    show = lambda v: "" if v is None else str(v)  # noqa: E731
+    body = [(str(i), r["name"], r["class"], r["library"], "x".join(map(str, r["shape"])), show(r["weight_bits"]),
+             show(r["weight_exp"]), show(r["message_bits"]), str(r["delay"]) if r["delay"] else "", str(r["valid_step"]))
+            for i, r in enumerate(rows)]
+    widths = [max(len(str(x[i])) for x in [header, *body]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in [header, *body]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lava = sum(r["library"] == "lava" for r in rows)
+    lines.append(f"\n{len(rows)} processes ({lava} of Lava's library, {len(rows) - lava} medqk's), "
+                 f"{max(r['valid_step'] for r in rows)} time steps")
+    return "\n".join(lines)
+
+
+#: file types ``draw`` writes
+DRAW_SUFFIXES = (".svg", ".png")
+
+
 def draw(graph: Graph, path: Path) -> Path:
     """Draw ``graph`` layered by depth to an SVG or PNG file (spike tensors orange, real blue)."""
     import matplotlib
@@ -62,7 +92,7 @@ def draw(graph: Graph, path: Path) -> Path:
     import networkx as nx
 
     path = Path(path)
-    if path.suffix.lower() not in (".svg", ".png"):
+    if path.suffix.lower() not in DRAW_SUFFIXES:
         raise InputError(f"--draw {path}: use a .svg or .png file name")
     g = nx.DiGraph()
     for node in graph.nodes():

@@ -5,10 +5,16 @@ module's output); the integer interpreter is its quantized twin.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
-from medqk.convert import kernels
-from medqk.convert.graph import Graph
+from medqk.convert import elementwise as ew
+from medqk.convert import kernels, neurons
+from medqk.convert import synapses as syn
+from medqk.convert.graph import Graph, Node
+from medqk.convert.io import Input
+from medqk.convert.op import rule
 
 
 def input_(op, x):
@@ -26,15 +32,22 @@ def conv_transpose2d(op, x):
 
 
 def upsample(op, x):
-    from medqk.convert.synapses import interp_matrix
-
+    """Exact interpolation weights; with ``op.frac_bits`` set, the integer graph's rounded ones
+    (``convert/sensitivity.py`` measures what their rounding costs)."""
     h, w = x.shape[2:]
-    return kernels.separable(x, interp_matrix(h, h * op.factor), interp_matrix(w, w * op.factor))
+    if op.frac_bits is None:
+        return kernels.separable(x, op.matrix(h), op.matrix(w))
+    one = 2.0**op.frac_bits
+    return kernels.separable(x, op.matrix_int(h) / one, op.matrix_int(w) / one)
 
 
 def nisf(op, x):
-    s = np.round(np.clip(x * op.in_scale, 0, op.levels))  # numpy rounds half to even, as torch does
-    return s if op.integer_output else s / op.levels
+    v = x * op.in_scale
+    if op.threshold is not None:
+        s = (v >= op.threshold).astype(np.float64)
+    else:
+        s = np.round(np.clip(v, 0, op.levels))  # numpy rounds half to even, as torch does
+    return s if op.integer_output else s * op.spike_scale
 
 
 def relu(op, x):
@@ -43,6 +56,10 @@ def relu(op, x):
 
 def sigmoid(op, x):
     return 1.0 / (1.0 + np.exp(-x * op.in_scale))
+
+
+def softmax(op, x):
+    return neurons.softmax(x * op.in_scale)
 
 
 def add(op, *xs):
@@ -79,26 +96,38 @@ def concat(op, *xs):
     return np.concatenate(xs, axis=1)
 
 
+def channel_slice(op, x):
+    return x[:, op.start:op.stop]
+
+
 def maxpool2d(op, x):
     return kernels.maxpool2d(x, op.kernel, op.stride)
 
 
+#: op class -> its float semantics
 OPS = {
-    "input": input_, "conv2d": conv2d, "conv_transpose2d": conv_transpose2d, "upsample": upsample,
-    "nisf": nisf, "relu": relu, "sigmoid": sigmoid, "add": add, "mul": mul, "affine": affine,
-    "batchnorm": batchnorm, "complement": complement, "group_sum": group_sum,
-    "group_broadcast": group_broadcast, "concat": concat, "maxpool2d": maxpool2d,
+    Input: input_, syn.Conv2d: conv2d, syn.ConvTranspose2d: conv_transpose2d, syn.Upsample: upsample,
+    neurons.NISF: nisf, neurons.ReLU: relu, neurons.Sigmoid: sigmoid, neurons.Softmax: softmax,
+    ew.Add: add, ew.Mul: mul, ew.Affine: affine, ew.BatchNorm: batchnorm, ew.Complement: complement,
+    ew.GroupSum: group_sum, ew.GroupBroadcast: group_broadcast, ew.Concat: concat,
+    ew.ChannelSlice: channel_slice, ew.MaxPool2d: maxpool2d,
 }
 
 
-def run(graph: Graph, x: np.ndarray, record: bool = False):
-    """Evaluate ``graph`` on ``x`` [N, C, H, W]; returns the output, or (output, {name: tensor})."""
+def run(graph: Graph, x: np.ndarray, record: bool = False,
+        round_result: Callable[[Node, np.ndarray], np.ndarray] | None = None):
+    """Evaluate ``graph`` on ``x`` [N, C, H, W]; returns the output, or (output, {name: tensor}).
+
+    ``round_result(node, value)``, when given, replaces each node's result before its consumers
+    read it (``convert/sensitivity.py`` puts the integer graph's state rounding back this way)."""
     values: dict[str, np.ndarray] = {}
     remaining = {n.name: len(graph.consumers(n.name)) for n in graph.nodes()}
     out_name = graph.output.name
     for node in graph.nodes():
         args = [values[i] for i in node.inputs] if node.inputs else [np.asarray(x, dtype=np.float64)]
-        values[node.name] = OPS[node.op.type](node.op, *args)
+        values[node.name] = rule(OPS, node.op, "float semantics")(node.op, *args)
+        if round_result is not None:
+            values[node.name] = round_result(node, values[node.name])
         if not record:  # free tensors nobody needs any more
             for i in set(node.inputs):
                 remaining[i] -= 1

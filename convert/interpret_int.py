@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from medqk.convert import kernels
+from medqk.convert import elementwise as ew
+from medqk.convert import kernels, neurons
+from medqk.convert import synapses as syn
 from medqk.convert.fixed_point import STATE_BITS, STATE_MAX, STATE_MIN, saturate, saturated_count, shift_round, shift_round_half_even
 from medqk.convert.graph import Graph
 # exact on integers: the float interpreter's functions compute these too
-from medqk.convert.interpret_float import concat, group_broadcast, group_sum
-from medqk.convert.synapses import interp_matrix_int
+from medqk.convert.interpret_float import channel_slice, concat, group_broadcast, group_sum, maxpool2d
+from medqk.convert.io import Input
+from medqk.convert.op import Refused, rule
+
+#: why the float-only ops have no integer form
+FLOAT_ONLY = Refused("float graphs only (ANN baselines, or before BatchNorm folding)")
 
 
 def input_(op, x):
@@ -29,6 +35,12 @@ def conv2d(op, x):
     else:
         acc = kernels.exact_int(kernels.conv2d, x, op.weight_mantissa, op.stride, op.padding, op.groups,
                                 weight_sum=kernels.largest_weight_sum(op.weight_mantissa))
+    return conv2d_requantize(op, acc)
+
+
+def conv2d_requantize(op, acc):
+    """A convolution's dendritic sums [N, O, H, W] -> its output before saturation: bias and rounding
+    shift (the Lava lowering's neuron side of a ``Conv`` process)."""
     # an int32 accumulator (|acc| < 2**24) stays int32, half the memory traffic, where
     # acc + bias + 2**(shift-1) surely fits; otherwise widen before requantizing in place
     if acc.dtype == np.int32 and not (0 < op.shift < 30 and np.abs(op.bias_acc).max(initial=0) < 1 << 29):
@@ -38,20 +50,21 @@ def conv2d(op, x):
 
 def upsample(op, x):
     h, w = x.shape[2:]
-    uh = interp_matrix_int(h, h * op.factor, op.frac_bits)
-    uw = interp_matrix_int(w, w * op.factor, op.frac_bits)
+    uh, uw = op.matrix_int(h), op.matrix_int(w)
     # every row of either matrix sums to 2**frac_bits (non-negative weights)
     z = kernels.exact_int(kernels.separable, x, uh, uw, weight_sum=1 << (2 * op.frac_bits))
     return shift_round(z, 2 * op.frac_bits, in_place=True)
 
 
 def nisf(op, x):
+    if op.threshold is not None:
+        return (x >= op.threshold_int).astype(np.int32)
     v = x if op.multiplier == 1 and op.shift > 0 else x.astype(np.int64) * op.multiplier
     return np.clip(shift_round_half_even(v, op.shift), 0, op.levels).astype(np.int32)
 
 
-def sigmoid(op, x):
-    return x  # the integer logits; probabilities are computed on the host (neurons.logits_to_probabilities)
+def output_activation(op, x):
+    return x  # the integer logits; probabilities are computed on the host (neurons.output_values)
 
 
 def add(op, *xs):
@@ -76,13 +89,16 @@ def complement(op, x):
     return np.int32(op.one) - x
 
 
+#: op class -> its integer semantics
 OPS = {
-    "input": input_, "conv2d": conv2d, "upsample": upsample, "nisf": nisf, "sigmoid": sigmoid,
-    "add": add, "mul": mul, "affine": affine, "complement": complement, "group_sum": group_sum,
-    "group_broadcast": group_broadcast, "concat": concat,
+    Input: input_, syn.Conv2d: conv2d, syn.Upsample: upsample, syn.ConvTranspose2d: FLOAT_ONLY,
+    neurons.NISF: nisf, neurons.Sigmoid: output_activation, neurons.Softmax: output_activation,
+    neurons.ReLU: FLOAT_ONLY, ew.Add: add, ew.Mul: mul, ew.Affine: affine, ew.BatchNorm: FLOAT_ONLY,
+    ew.Complement: complement, ew.GroupSum: group_sum, ew.GroupBroadcast: group_broadcast,
+    ew.Concat: concat, ew.ChannelSlice: channel_slice, ew.MaxPool2d: maxpool2d,
 }
 #: ops whose result is saturated to the 24-bit state range (the others cannot leave it)
-SATURATING = ("conv2d", "add", "affine")
+SATURATING = (syn.Conv2d, ew.Add, ew.Affine)
 
 
 def evaluate(op, *inputs: np.ndarray) -> tuple[np.ndarray, int]:
@@ -91,12 +107,13 @@ def evaluate(op, *inputs: np.ndarray) -> tuple[np.ndarray, int]:
     Results of saturating ops are clipped to the 24-bit state range. Any other op stays inside it
     in a valid graph (spikes, their products and sums); a result beyond it comes back as int64,
     unclipped, so that the caller can name the node."""
-    y = OPS[op.type](op, *inputs)
+    y = rule(OPS, op, "integer semantics")(op, *inputs)
+    saturating = isinstance(op, SATURATING)
     saturated = 0
     # two reductions decide; counting and clipping only run when something is out of range
-    checked = op.type in SATURATING or y.dtype != np.int32
+    checked = saturating or y.dtype != np.int32
     if checked and y.size and (y.min() < STATE_MIN or y.max() > STATE_MAX):
-        if op.type not in SATURATING:  # not in a valid graph: left wide, for the caller to refuse
+        if not saturating:  # not in a valid graph: left wide, for the caller to refuse
             return y, 0
         saturated = saturated_count(y)
         y = saturate(y)
@@ -129,4 +146,4 @@ def run(graph: Graph, x_int: np.ndarray, record: bool = False):
     out = values[out_name].astype(np.int64)
     if not record:
         return out
-    return out, values, {name: n for name, n in saturated.items() if graph[name].op.type in SATURATING}
+    return out, values, {name: n for name, n in saturated.items() if isinstance(graph[name].op, SATURATING)}

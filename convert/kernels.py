@@ -66,19 +66,50 @@ def float32_plane_bits(peak: int, weight_sum: int) -> int | None:
     return max((bits for bits in range(1, 24) if ((1 << bits) - 1) * weight_sum <= FLOAT32_EXACT), default=0)
 
 
+#: Lava's fixed-point Conv keeps its dendritic sum in 24 bits and wraps it (``signed_clamp``: modulo
+#: 2**24 into [-2**23, 2**23)), as Loihi 2's 24-bit dendritic accumulators would; a sum of at most
+#: this magnitude never wraps.
+DENDRITE_MAX = 2**23 - 1
+
+
+def dendritic_plane_bits(input_peak: int, weight_sum: int) -> int | None:
+    """Digit-plane width that keeps every dendritic sum of a synapse within ``DENDRITE_MAX``.
+
+    A sum is bounded by ``input_peak * weight_sum`` (``weight_sum``: the largest sum of weight
+    magnitudes that feeds one output). None: the whole input fits (spike maps 0..D do, for any
+    layer below 2**21 in summed weight magnitude). Otherwise the input travels as digit planes of
+    the returned width (``digit_planes``), each summed on its own, and a plane of magnitude at most
+    ``2**bits - 1`` keeps its sum within the bound. Raises OverflowError when not even one-bit
+    planes fit (``weight_sum > DENDRITE_MAX``)."""
+    if input_peak * weight_sum <= DENDRITE_MAX:
+        return None
+    bits = max((b for b in range(1, 24) if ((1 << b) - 1) * weight_sum <= DENDRITE_MAX), default=0)
+    if bits == 0:
+        raise OverflowError(f"summed weight magnitude {weight_sum} exceeds the 24-bit dendritic sum ({DENDRITE_MAX})")
+    return bits
+
+
 #: fewer bits per plane than this and float64 (one pass) is cheaper than float32 planes
 MIN_PLANE_BITS = 4
 
 
-def digit_planes(x: np.ndarray, bits: int, peak: int) -> np.ndarray:
-    """Planes [P, *x.shape] (float32) with ``x == sum_p planes[p] * 2**(bits * p)`` for ``|x| <= peak``:
-    the low planes are digits 0..2**bits - 1, the top one keeps the sign (shifts floor); every
-    plane's magnitude is below 2**bits, so float32 holds them exactly."""
+def plane_count(bits: int, peak: int) -> int:
+    """How many ``bits``-bit digit planes ``digit_planes`` needs for values of magnitude <= peak:
+    the fewest whose top (signed) plane stays within ``2**bits - 1`` in magnitude."""
     mask = (1 << bits) - 1
     count = 1
     while (peak >> (bits * (count - 1))) + 1 > mask:
         count += 1
-    planes = np.empty((count, *x.shape), np.float32)
+    return count
+
+
+def digit_planes(x: np.ndarray, bits: int, peak: int, dtype=np.float32) -> np.ndarray:
+    """Planes [P, *x.shape] (float32 unless ``dtype``) with ``x == sum_p planes[p] * 2**(bits * p)``
+    for ``|x| <= peak``: the low planes are digits 0..2**bits - 1, the top one keeps the sign (shifts
+    floor); every plane's magnitude is below 2**bits, so float32 holds them exactly."""
+    mask = (1 << bits) - 1
+    count = plane_count(bits, peak)
+    planes = np.empty((count, *x.shape), dtype)
     rest = x.astype(np.int32 if x.dtype.itemsize <= 4 else np.int64)  # a copy: shifted in place below
     for p in range(count - 1):
         np.bitwise_and(rest, mask, out=planes[p], casting="unsafe")

@@ -8,6 +8,11 @@ function per op in each interpreter (``interpret_float``, ``interpret_int``).
 Fields holding numpy arrays are the op's tensors (saved in ``tensors.npz``); all other fields are
 JSON attributes. Fields named in ``QUANTIZED`` are set by ``convert.quantize`` and are ``None``
 in a float graph.
+
+Every concern that depends on the op (each interpreter, the typing pass, quantization, each ONNX
+model, the energy counter, the resource model) keeps one table keyed by the op's *class*, whose
+value is the rule or a ``Refused`` saying why the op has no such form. ``rule`` looks an op up and
+refuses by name; ``tests/test_op_registry.py`` checks that every table decides every op type.
 """
 from __future__ import annotations
 
@@ -18,6 +23,28 @@ import numpy as np
 
 #: op type name -> class, filled by subclassing Op.
 OP_TYPES: dict[str, type["Op"]] = {}
+
+
+class OpRefused(ValueError):
+    """An op that a backend or analysis has decided not to support (named, with the reason)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Refused:
+    """A table entry: this concern has no form of the op, and why."""
+
+    reason: str
+
+
+def rule(table: dict, op: "Op", concern: str):
+    """The entry of ``table`` for ``op``'s class; ``OpRefused`` naming the op and the concern when the
+    table refuses it or has not decided it."""
+    entry = table.get(type(op))
+    if isinstance(entry, Refused):
+        raise OpRefused(f"{op.type} has no {concern}: {entry.reason}")
+    if entry is None:
+        raise OpRefused(f"{op.type} ({type(op).__name__}) is not known to the {concern}")
+    return entry
 
 
 @dataclasses.dataclass(eq=False)

@@ -7,11 +7,12 @@ import networkx as nx
 import numpy as np
 
 from medqk.convert import elementwise as ew
+from medqk.convert import neurons
+from medqk.convert import synapses as syn
 from medqk.convert.graph import REAL, SPIKE, Graph, Node, TensorInfo
+from medqk.convert.io import Input
+from medqk.convert.op import rule
 from medqk.errors import MedqkError
-
-#: ops that only exist in float graphs (ANN baselines, or before folding)
-FLOAT_ONLY = ("batchnorm", "conv_transpose2d", "maxpool2d", "relu")
 
 
 class GraphError(MedqkError):
@@ -22,11 +23,11 @@ def fold_batchnorm(graph: Graph) -> None:
     """Fold each BatchNorm into the convolution it directly follows (when the convolution feeds
     nothing else); any other BatchNorm (e.g. after SpikeConv's residual sum) becomes an affine."""
     for node in graph.nodes():
-        if node.op.type != "batchnorm":
+        if not isinstance(node.op, ew.BatchNorm):
             continue
         scale, offset = node.op.scale_offset()
         producer = graph[node.inputs[0]]
-        if producer.op.type == "conv2d" and graph.consumers(producer.name) == [node.name]:
+        if isinstance(producer.op, syn.Conv2d) and graph.consumers(producer.name) == [node.name]:
             conv = producer.op
             conv.weight = conv.weight * scale[:, None, None, None]
             bias = conv.bias if conv.bias is not None else np.zeros(conv.out_channels)
@@ -44,32 +45,78 @@ def _exact_scale(inputs: list[TensorInfo]) -> float | None:
     return None
 
 
+# -- typing rules: (node, input tensors, output shape) -> the output tensor ----------------------
+
+def _real_value(node: Node, inputs: list[TensorInfo], shape) -> TensorInfo:
+    """A computed real value: scale 1 in a float graph; a quantized graph keeps its fixed-point format."""
+    t = node.tensor
+    quantized = t is not None and t.frac_bits is not None
+    return TensorInfo(shape, REAL, t.scale if quantized else 1.0, frac_bits=t.frac_bits if quantized else None)
+
+
+def _spike_map(node: Node, inputs: list[TensorInfo], shape) -> TensorInfo:
+    op = node.op
+    return TensorInfo(shape, SPIKE, op.spike_scale if op.integer_output else 1.0, op.levels, exact=op.integer_output)
+
+
+def _moves_values(node: Node, inputs: list[TensorInfo], shape) -> TensorInfo:
+    """Ops that move, select or negate values (complement, broadcast, concat, slice, max pooling):
+    a spike map stays one, an exact combination stays exact, anything else keeps the input's scale."""
+    scale = _exact_scale(inputs)
+    if all(t.kind == SPIKE for t in inputs):
+        return TensorInfo(shape, SPIKE, scale if scale is not None else 1.0, inputs[0].levels, exact=scale is not None)
+    if scale is not None:
+        return TensorInfo(shape, REAL, scale, exact=True)
+    return TensorInfo(shape, REAL, inputs[0].scale)
+
+
+def _sums_values(node: Node, inputs: list[TensorInfo], shape) -> TensorInfo:
+    """Sums without weights (group_sum): exact on exact inputs, never a spike map."""
+    scale = _exact_scale(inputs)
+    return TensorInfo(shape, REAL, scale if scale is not None else inputs[0].scale, exact=scale is not None)
+
+
+def _add(node: Node, inputs: list[TensorInfo], shape) -> TensorInfo:
+    if _exact_scale(inputs) is not None and all(abs(c) == 1 for c in node.op.coefficients):
+        return TensorInfo(shape, REAL, inputs[0].scale, exact=True)
+    return _real_value(node, inputs, shape)
+
+
+def _mul(node: Node, inputs: list[TensorInfo], shape) -> TensorInfo:
+    return TensorInfo(shape, REAL, inputs[0].scale * inputs[1].scale, exact=all(t.exact for t in inputs))
+
+
+def _relu(node: Node, inputs: list[TensorInfo], shape) -> TensorInfo:
+    return TensorInfo(shape, REAL, inputs[0].scale)
+
+
+def _upsample(node: Node, inputs: list[TensorInfo], shape) -> TensorInfo:
+    """Nearest upsampling copies values (a spike map stays one); bilinear interpolation is convex,
+    so it keeps the input's scale and fixed-point format."""
+    if node.op.mode == "nearest":
+        return _moves_values(node, inputs, shape)
+    return TensorInfo(shape, REAL, inputs[0].scale, frac_bits=inputs[0].frac_bits)
+
+
+#: op class -> its typing rule
+TYPING = {
+    Input: _real_value, syn.Conv2d: _real_value, syn.ConvTranspose2d: _real_value, syn.Upsample: _upsample,
+    neurons.NISF: _spike_map, neurons.ReLU: _relu, neurons.Sigmoid: _real_value, neurons.Softmax: _real_value,
+    ew.Add: _add, ew.Mul: _mul, ew.Affine: _real_value, ew.BatchNorm: _real_value,
+    ew.Complement: _moves_values, ew.GroupSum: _sums_values, ew.GroupBroadcast: _moves_values,
+    ew.Concat: _moves_values, ew.ChannelSlice: _moves_values, ew.MaxPool2d: _moves_values,
+}
+
+
 def infer_tensor(node: Node, inputs: list[TensorInfo]) -> TensorInfo:
-    """Shape, kind, scale and exactness of ``node``'s output from its inputs' (one rule per op)."""
+    """Shape, kind, scale and exactness of ``node``'s output from its inputs' (``TYPING``)."""
     op = node.op
     try:
         shape = tuple(op.out_shape([t.shape for t in inputs]))
+        typing = rule(TYPING, op, "typing rule")
     except ValueError as error:
         raise GraphError(f"node {node.name} ({op.type}): {error}") from error
-    if op.type == "nisf":
-        return TensorInfo(shape, SPIKE, 1.0 / op.levels if op.integer_output else 1.0, op.levels, exact=op.integer_output)
-    spikes_in = bool(inputs) and all(t.kind == SPIKE for t in inputs)
-    if op.type in ("complement", "group_broadcast", "concat") and spikes_in:
-        scale = _exact_scale(inputs)
-        return TensorInfo(shape, SPIKE, scale if scale is not None else 1.0, inputs[0].levels, exact=scale is not None)
-    if op.type in ("complement", "group_sum", "group_broadcast", "concat"):
-        scale = _exact_scale(inputs)
-        if scale is not None:
-            return TensorInfo(shape, REAL, scale, exact=True)
-    if op.type == "mul" and all(t.exact for t in inputs):
-        return TensorInfo(shape, REAL, inputs[0].scale * inputs[1].scale, exact=True)
-    if op.type == "add" and _exact_scale(inputs) is not None and all(abs(c) == 1 for c in op.coefficients):
-        return TensorInfo(shape, REAL, inputs[0].scale, exact=True)
-    if op.type in ("relu", "maxpool2d", "group_sum", "group_broadcast", "concat", "complement", "mul"):
-        scale = inputs[0].scale if op.type != "mul" else inputs[0].scale * inputs[1].scale
-        return TensorInfo(shape, REAL, scale)
-    return TensorInfo(shape, REAL, node.tensor.scale if node.tensor and node.tensor.frac_bits is not None else 1.0,
-                      frac_bits=node.tensor.frac_bits if node.tensor else None)
+    return typing(node, inputs, shape)
 
 
 def infer_tensors(graph: Graph) -> None:
@@ -83,7 +130,7 @@ def fold_nisf_normalization(graph: Graph) -> None:
     coefficients, affine scales, the complement's one). Exact spike combinations (products,
     head sums, complements) keep their own scale 1/D^k and stay integers."""
     for node in graph.nodes():
-        if node.op.type == "nisf":
+        if isinstance(node.op, neurons.NISF):
             node.op.integer_output = True
     for node in graph.nodes():
         inputs = [graph[i].tensor for i in node.inputs]
@@ -91,30 +138,62 @@ def fold_nisf_normalization(graph: Graph) -> None:
         node.tensor = infer_tensor(node, inputs)
 
 
+def _scale_weights(op, scales, inputs):
+    op.weight = op.weight * scales[0]
+
+
+def _scale_input(op, scales, inputs):
+    op.in_scale = op.in_scale * scales[0]
+
+
+def _scale_affine(op, scales, inputs):
+    op.scale = op.scale * scales[0]
+
+
+def _scale_one(op, scales, inputs):
+    op.one = op.one / scales[0]
+
+
+def _scale_coefficients(op, scales, inputs):
+    if _exact_scale(inputs) is None:  # an exact sum of spikes keeps its scale in its tensor
+        op.coefficients = tuple(c * s for c, s in zip(op.coefficients, scales))
+
+
+def _same_scales(op, scales, inputs):
+    if len(set(scales)) > 1:
+        raise ValueError(f"{op.type} of tensors with different scales {scales}")
+
+
+def _scale_in_tensor(op, scales, inputs):
+    """Linear in its input, or a selection of it: the output tensor carries the input's scale."""
+
+
+#: op class -> how it absorbs its inputs' scales when spikes become integers
+ABSORB_SCALES = {
+    Input: _scale_in_tensor, syn.Conv2d: _scale_weights, syn.ConvTranspose2d: _scale_weights,
+    syn.Upsample: _scale_in_tensor, neurons.NISF: _scale_input, neurons.Sigmoid: _scale_input,
+    neurons.Softmax: _scale_input, neurons.ReLU: _scale_in_tensor, ew.Add: _scale_coefficients,
+    ew.Mul: _scale_in_tensor, ew.Affine: _scale_affine, ew.BatchNorm: _scale_in_tensor,
+    ew.Complement: _scale_one, ew.GroupSum: _scale_in_tensor, ew.GroupBroadcast: _scale_in_tensor,
+    ew.Concat: _same_scales, ew.ChannelSlice: _scale_in_tensor, ew.MaxPool2d: _scale_in_tensor,
+}
+
+
 def _absorb_input_scales(node: Node, inputs: list[TensorInfo]) -> None:
-    op = node.op
     scales = [t.scale for t in inputs]
     if not scales or all(s == 1.0 for s in scales):
         return
-    if op.type in ("conv2d", "conv_transpose2d"):
-        op.weight = op.weight * scales[0]
-    elif op.type in ("nisf", "sigmoid"):
-        op.in_scale = op.in_scale * scales[0]
-    elif op.type == "affine":
-        op.scale = op.scale * scales[0]
-    elif op.type == "complement":
-        op.one = op.one / scales[0]
-    elif op.type == "add" and _exact_scale(inputs) is None:
-        op.coefficients = tuple(c * s for c, s in zip(op.coefficients, scales))
-    elif op.type == "concat" and len(set(scales)) > 1:
-        raise GraphError(f"node {node.name}: concat of tensors with different scales {scales}")
+    try:
+        rule(ABSORB_SCALES, node.op, "scale folding")(node.op, scales, inputs)
+    except ValueError as error:
+        raise GraphError(f"node {node.name}: {error}") from error
 
 
 def remove_dead_nodes(graph: Graph) -> int:
     """Remove nodes whose result never reaches the output; returns how many."""
     g = graph.nx_graph()
     sinks = [n for n in g if g.out_degree(n) == 0]
-    keep = {graph.output.name} if len(sinks) == 1 else {n for n in sinks if graph[n].op.type == "sigmoid"}
+    keep = {graph.output.name} if len(sinks) == 1 else {n for n in sinks if type(graph[n].op) in neurons.OUTPUT_ACTIVATIONS}
     if not keep:
         return 0
     live = set(keep)
@@ -151,8 +230,6 @@ def validate(graph: Graph, quantized: bool = False) -> None:
         if node.tensor is None or tuple(node.tensor.shape) != expected.shape:
             raise GraphError(f"node {node.name}: stored shape {node.tensor and node.tensor.shape} != inferred {expected.shape}")
         if quantized:
-            if node.op.type in FLOAT_ONLY:
-                raise GraphError(f"node {node.name}: {node.op.type} has no integer form (float graphs only)")
             if not node.op.is_quantized:
                 raise GraphError(f"node {node.name} ({node.op.type}) is not quantized")
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from medqk import console
 from medqk.convert import passes
-from medqk.convert.neurons import logits_to_probabilities
+from medqk.convert.neurons import output_activation, output_scale, output_values
 from medqk.convert.quantize import NodeQuantReport, quantize, run_quantized
 from medqk.convert.serialize import ConvertedModel, is_model_dir, load_model
 from medqk.convert.trace import trace
@@ -20,15 +20,31 @@ DEFAULT_CALIBRATION_COUNT = 4
 
 def float_graph_of(model, image_size: tuple[int, int]):
     """The prepared float IR of a torch MedQKFormer-like module at ``image_size`` (H, W)."""
-    in_channels = model.config.in_channels if hasattr(model, "config") else 3
-    return passes.prepare(trace(model, (in_channels, *image_size)))
+    return passes.prepare(trace(model, (in_channels_of(model), *image_size)))
+
+
+def in_channels_of(model) -> int:
+    return model.config.in_channels if hasattr(model, "config") else 3
 
 
 def mask_agreement(probs_a: np.ndarray, probs_b: np.ndarray) -> dict:
     """Pixel agreement and Dice of the two 0.5-thresholded masks."""
-    a, b = probs_a > 0.5, probs_b > 0.5
+    return label_agreement(probs_a > 0.5, probs_b > 0.5)
+
+
+def label_agreement(labels_a: np.ndarray, labels_b: np.ndarray) -> dict:
+    """Pixel agreement of two label maps, and Dice of their foregrounds (label != 0)."""
+    a, b = labels_a != 0, labels_b != 0
     inter, total = np.count_nonzero(a & b), np.count_nonzero(a) + np.count_nonzero(b)
-    return {"pixel_agreement": float(np.mean(a == b)), "dice": 1.0 if total == 0 else 2 * inter / total}
+    return {"pixel_agreement": float(np.mean(labels_a == labels_b)), "dice": 1.0 if total == 0 else 2 * inter / total}
+
+
+def predicted_labels(outputs: np.ndarray, activation: str) -> np.ndarray:
+    """Per-pixel labels [N, H, W] of network outputs [N, K, H, W]: the 0.5-thresholded sigmoid, the
+    sign of a single logit, or the most likely of K classes."""
+    if outputs.shape[1] > 1:
+        return np.argmax(outputs, axis=1)
+    return outputs[:, 0] > (0.5 if activation == "sigmoid" else 0.0)
 
 
 def torch_probabilities(model, images: np.ndarray) -> np.ndarray:
@@ -39,27 +55,78 @@ def torch_probabilities(model, images: np.ndarray) -> np.ndarray:
 
 
 def int_probabilities(qgraph, images: np.ndarray) -> np.ndarray:
-    return logits_to_probabilities(run_quantized(qgraph, images), qgraph.output.op.in_scale)
+    """The integer graph's float32 output on float images: probabilities where it ends in a sigmoid
+    or softmax, its real-valued logits otherwise (``neurons.output_values``)."""
+    return output_values(output_activation(qgraph), run_quantized(qgraph, images), output_scale(qgraph))
 
 
-def convert_module(model, image_size: tuple[int, int], calibration_images: np.ndarray,
-                   meta: dict) -> tuple[ConvertedModel, list[NodeQuantReport], dict]:
-    """Convert a torch module; returns the model, per-node quantization report and the integer
-    graph's agreement with the torch model on the calibration images."""
-    with console.progress(None, desc="convert: trace and fold", total=3, unit="stage") as bar:
-        fgraph = float_graph_of(model, image_size)
+def architecture_figures(module, input_shape: tuple[int, int, int]) -> dict:
+    """The traced module's trainable parameters and thop's count of it (BatchNorms unfolded), for
+    the energy report's comparison with published figures."""
+    from medqk.energy.counting import thop_counts
+    from medqk.model import count_parameters
+
+    return {"parameters": count_parameters(module), "thop_macs": sum(thop_counts(trace(module, input_shape)).values())}
+
+
+def convert_graphs(module, input_shape: tuple[int, int, int], calibration_images: np.ndarray,
+                   meta: dict, sensitivity: bool = False) -> tuple[ConvertedModel, list[NodeQuantReport], dict]:
+    """Convert a torch module for inputs ``input_shape`` (C, H, W); returns the model, the per-node
+    quantization report and the integer graph's agreement with the torch module on the
+    calibration images (mask pixels, or class labels for K outputs). ``sensitivity`` adds the
+    module's own sensitivity and the attribution of the disagreement (``sensitivity.py``) to the
+    model's meta."""
+    with console.progress(None, desc="convert: trace and fold", total=3 + sensitivity, unit="stage") as bar:
+        fgraph = passes.prepare(trace(module, tuple(input_shape)))
         bar.update()
         bar.set_description("convert: calibrate and quantize")
         qgraph, report = quantize(fgraph, calibration_images)
         bar.update()
         bar.set_description("convert: compare with torch")
-        agreement = mask_agreement(int_probabilities(qgraph, calibration_images), torch_probabilities(model, calibration_images))
+        activation = output_activation(qgraph)
+        torch_outputs = torch_probabilities(module, calibration_images)
+        agreement = label_agreement(predicted_labels(int_probabilities(qgraph, calibration_images), activation),
+                                    predicted_labels(torch_outputs, activation))
         bar.update()
-    meta = {**meta, "image_size": list(image_size), "calibration": {
-        "images": int(len(calibration_images)), **agreement,
-        "saturated_values": int(sum(r.saturated for r in report)),
-    }}
+        if sensitivity:
+            from medqk.convert.sensitivity import sensitivity_report
+
+            bar.set_description("convert: sensitivity")
+            meta = {**meta, "sensitivity": sensitivity_report(module, fgraph, qgraph, calibration_images,
+                                                              torch_outputs, agreement)}
+            bar.update()
+    meta = {**meta, "image_size": list(input_shape[1:]), "output": {"activation": activation, "classes": int(qgraph.output.tensor.shape[0])},
+            "architecture": architecture_figures(module, tuple(input_shape)), "calibration": {
+                "images": int(len(calibration_images)), **agreement,
+                "saturated_values": int(sum(r.saturated for r in report)),
+            }}
     return ConvertedModel(fgraph, qgraph, meta), report, agreement
+
+
+def model_writers() -> list:
+    """The writers of every backend's files in a model directory (ONNX models, the Loihi 2 report)."""
+    import medqk.deploy.commands  # noqa: F401  (registers the Loihi 2 writer)
+    from medqk.convert.commands import OUTPUT_WRITERS
+
+    return list(OUTPUT_WRITERS)
+
+
+def convert_module(module, input_shape: tuple[int, int, int], calibration_images: np.ndarray, out_dir: Path,
+                   force: bool = False) -> ConvertedModel:
+    """Convert any supported torch module (``medqk convert --model`` and the Python API) and write its
+    model directory ``out_dir``, which every command then reads: ``calibration_images`` are float
+    network inputs [N, C, H, W] with ``input_shape`` == (C, H, W)."""
+    from medqk.convert.serialize import save_model
+
+    images = np.asarray(calibration_images, dtype=np.float32)
+    if images.ndim != 4 or tuple(images.shape[1:]) != tuple(input_shape):
+        raise InputError(f"calibration images must be [N, {', '.join(map(str, input_shape))}], got {list(images.shape)}")
+    meta = {"medqk_version": __import__("medqk").__version__,
+            "preprocessing": preprocessing_for(tuple(input_shape)).to_dict()}
+    converted, report, _ = convert_graphs(module, tuple(input_shape), images, meta)
+    converted.meta["quantization"] = [vars(r) for r in report]
+    save_model(converted, Path(out_dir), force=force, extra_writers=model_writers())
+    return converted
 
 
 def load_calibration_images(directory: Path | None, prep, count: int, in_channels: int) -> np.ndarray:
@@ -82,8 +149,10 @@ def load_calibration_images(directory: Path | None, prep, count: int, in_channel
 
 
 def convert_checkpoint(path: Path | None, image_size: tuple[int, int] | None = None,
-                       calibrate_dir: Path | None = None, calibration_count: int = DEFAULT_CALIBRATION_COUNT):
-    """Load a checkpoint (default: the embedded default model) and convert it."""
+                       calibrate_dir: Path | None = None, calibration_count: int = DEFAULT_CALIBRATION_COUNT,
+                       sensitivity: bool = False):
+    """Load a checkpoint (default: the embedded default model) and convert it (``sensitivity``:
+    as ``convert_graphs``)."""
     from medqk.checkpoint import load_checkpoint_payload
     from medqk.data.preprocess import Preprocessing
     from medqk.defaults import default_checkpoint_path
@@ -93,9 +162,9 @@ def convert_checkpoint(path: Path | None, image_size: tuple[int, int] | None = N
     prep = Preprocessing.from_dict(info["preprocessing"]) if info.get("preprocessing") else Preprocessing()
     if image_size is not None:
         prep = dataclasses.replace(prep, size=tuple(image_size))
-    from medqk.model import check_input_shape
+    from medqk.data.sizes import check_conversion_size
 
-    check_input_shape((1, model.config.in_channels, *prep.size), model.config.in_channels)
+    check_conversion_size(model.config, prep.size)
     images = load_calibration_images(calibrate_dir, prep, calibration_count, model.config.in_channels)
     meta = {
         "medqk_version": __import__("medqk").__version__,
@@ -103,7 +172,37 @@ def convert_checkpoint(path: Path | None, image_size: tuple[int, int] | None = N
         "model_config": model.config.to_dict(),
         "preprocessing": prep.to_dict(),
     }
-    return (*convert_module(model, tuple(prep.size), images, meta), model)
+    return (*convert_graphs(model, (model.config.in_channels, *prep.size), images, meta, sensitivity), model)
+
+
+def preprocessing_for(input_shape: tuple[int, int, int]):
+    """How image files become inputs of a user's network: resized to its H x W, BGR for 3 channels
+    (as MedQKFormer's), grey for one, scaled by 1/255."""
+    from medqk.data.preprocess import Preprocessing
+
+    channels, height, width = input_shape
+    if channels not in (1, 3):
+        raise InputError(f"--input-shape {channels} {height} {width}: image files give 1 or 3 channels; a network "
+                         "with another number of input channels takes .npy inputs (convert it with convert_module)")
+    return Preprocessing(size=(height, width), channel_order="BGR" if channels == 3 else "GRAY")
+
+
+def convert_user_network(spec: str, weights: Path | None, input_shape: tuple[int, int, int],
+                         calibrate_dir: Path | None = None, calibration_count: int = DEFAULT_CALIBRATION_COUNT,
+                         sensitivity: bool = False):
+    """``medqk convert --model FILE.py:FUNCTION``: build the user's module, load its weights, convert it."""
+    from medqk.convert import factory
+
+    if min(input_shape) < 1:
+        raise InputError(f"--input-shape {' '.join(map(str, input_shape))}: every size must be positive")
+    module, record = factory.load(spec, weights)
+    prep = preprocessing_for(tuple(input_shape))
+    if calibrate_dir is None and input_shape[0] != 3:  # the built-in synthetic images are colour
+        images = np.random.default_rng(0).random((calibration_count, *input_shape)).astype(np.float32)
+    else:
+        images = load_calibration_images(calibrate_dir, prep, calibration_count, input_shape[0])
+    meta = {"medqk_version": __import__("medqk").__version__, "source_module": record, "preprocessing": prep.to_dict()}
+    return convert_graphs(module, tuple(input_shape), images, meta, sensitivity)
 
 
 def open_model(path: Path | None, image_size: tuple[int, int] | None = None) -> ConvertedModel:

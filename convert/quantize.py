@@ -18,12 +18,14 @@ import math
 
 import numpy as np
 
-from medqk.convert import interpret_float, interpret_int
+from medqk.convert import elementwise as ew
+from medqk.convert import interpret_float, interpret_int, neurons
+from medqk.convert import synapses as syn
 from medqk.convert.fixed_point import STATE_BITS, quantize_mantissa
 from medqk.convert.graph import Graph, Node
-from medqk.convert.io import quantize_input
-from medqk.convert.neurons import logits_to_probabilities
-from medqk.convert.passes import FLOAT_ONLY, GraphError, schedule, validate
+from medqk.convert.io import Input, quantize_input
+from medqk.convert.op import OpRefused, Refused, rule
+from medqk.convert.passes import GraphError, schedule, validate
 
 MAX_FRAC_BITS = 16
 #: magnitude headroom over the calibration maximum (factor 2 = one bit)
@@ -85,51 +87,105 @@ def _set_output_format(node: Node, graph: Graph, peaks: dict[str, float]) -> Non
     t = node.tensor
     if t.exact:
         return
-    if node.op.type in ("upsample", "sigmoid", "group_broadcast", "group_sum", "concat"):
-        # interpolation and pass-through keep the input's format (interpolation is convex)
+    if type(node.op) in KEEP_INPUT_FORMAT:
         fracs = {graph[i].tensor.frac_bits for i in node.inputs}
         if len(fracs) != 1:
-            raise GraphError(f"node {node.name}: inputs with different fixed-point formats {sorted(fracs)}")
+            raise GraphError(f"node {node.name}: inputs with different fixed-point formats {sorted(fracs, key=str)}")
         t.frac_bits = fracs.pop()
+        if t.frac_bits is None:
+            raise GraphError(f"node {node.name}: {node.op.type} of an integer spike map gives values that are not "
+                             "integers; only nearest upsampling keeps spikes integers")
     else:
         t.frac_bits = choose_frac_bits(peaks[node.name])
     t.scale = 2.0 ** -t.frac_bits
 
 
+# -- quantization rules: (node, graph, input ratios, output ratio) fill the op's QUANTIZED fields --
+
+def _conv2d(node, graph, r_in, r_out):
+    op = node.op
+    op.weight_mantissa, op.weight_exponent = quantize_mantissa(op.weight * r_in[0])
+    bias = op.bias if op.bias is not None else np.zeros(op.out_channels)
+    op.bias_acc = np.round(bias / 2.0**op.weight_exponent).astype(np.int64)
+    op.shift = -(op.weight_exponent + node.tensor.frac_bits)
+
+
+def _upsample(node, graph, r_in, r_out):
+    node.op.frac_bits = UPSAMPLE_FRAC_BITS
+
+
+def _nisf(node, graph, r_in, r_out):
+    op = node.op
+    gain = op.in_scale * r_in[0]
+    if op.threshold is None:
+        op.multiplier, op.shift = multiplier_shift(gain)
+        return
+    if gain <= 0:
+        raise GraphError(f"node {node.name}: a binary neuron's input scale must be positive, got {gain}")
+    # in_scale * real(x) >= threshold  <=>  x >= threshold / gain  <=>  x >= ceil(threshold / gain)
+    op.threshold_int = int(math.ceil(op.threshold / gain))
+
+
+def _add(node, graph, r_in, r_out):
+    op = node.op
+    pairs = [multiplier_shift(c * r / r_out) for c, r in zip(op.coefficients, r_in)]
+    op.multipliers, op.shifts = tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
+
+
+def _affine(node, graph, r_in, r_out):
+    op = node.op
+    gain = op.scale * r_in[0] / r_out
+    peak = float(np.max(np.abs(gain))) or 1.0
+    op.shift = (AFFINE_BITS - 1) - math.ceil(math.log2(peak * (1 + 2.0**-AFFINE_BITS)))
+    op.multiplier = np.round(gain * 2.0**op.shift).astype(np.int64)
+    op.offset_int = np.round(op.offset / r_out * 2.0**op.shift).astype(np.int64)
+
+
+def _complement(node, graph, r_in, r_out):
+    one = node.op.one / r_in[0]
+    if one != round(one):
+        raise GraphError(f"node {node.name}: complement constant {one} is not an integer in the input's format")
+    node.op.one = float(round(one))
+
+
+def _mul(node, graph, r_in, r_out):
+    if not all(graph[i].tensor.exact for i in node.inputs):
+        raise GraphError(f"node {node.name}: only products of spike maps quantize exactly; this one multiplies real values")
+
+
+def _output_activation(node, graph, r_in, r_out):
+    if graph.output is not node:  # integer graphs pass the logits through; the host applies it
+        raise GraphError(f"node {node.name}: {node.op.type} quantizes only as the network's output (it is computed "
+                         "on the host from the integer logits)")
+    node.op.in_scale = node.op.in_scale * r_in[0]
+
+
+def _unchanged(node, graph, r_in, r_out):
+    """Moves, selects or sums integers exactly: nothing to quantize."""
+
+
+_FLOAT_ONLY = Refused("float graphs only (ANN baselines, or before BatchNorm folding)")
+
+#: op class -> its quantization rule
+QUANTIZERS = {
+    Input: _unchanged, syn.Conv2d: _conv2d, syn.Upsample: _upsample, syn.ConvTranspose2d: _FLOAT_ONLY,
+    neurons.NISF: _nisf, neurons.Sigmoid: _output_activation, neurons.Softmax: _output_activation,
+    neurons.ReLU: _FLOAT_ONLY, ew.Add: _add, ew.Mul: _mul, ew.Affine: _affine, ew.BatchNorm: _FLOAT_ONLY,
+    ew.Complement: _complement, ew.GroupSum: _unchanged, ew.GroupBroadcast: _unchanged,
+    ew.Concat: _unchanged, ew.ChannelSlice: _unchanged, ew.MaxPool2d: _unchanged,
+}
+#: ops whose output keeps its input's fixed-point format (pass-through, selection, max, convex
+#: interpolation); every other real output gets its own, from calibration
+KEEP_INPUT_FORMAT = frozenset({syn.Upsample, neurons.Sigmoid, neurons.Softmax, ew.GroupBroadcast, ew.GroupSum,
+                               ew.Concat, ew.ChannelSlice, ew.MaxPool2d})
+
+
 def _quantize_op(node: Node, graph: Graph) -> None:
-    op, name = node.op, node.name
-    r_in = [_ratio(graph[i]) for i in node.inputs]
-    r_out = _ratio(node)
-    if op.type in FLOAT_ONLY:
-        raise GraphError(f"node {name}: {op.type} has no integer form; only MedQKFormer-style graphs quantize")
-    if op.type == "conv2d":
-        op.weight_mantissa, op.weight_exponent = quantize_mantissa(op.weight * r_in[0])
-        bias = op.bias if op.bias is not None else np.zeros(op.out_channels)
-        op.bias_acc = np.round(bias / 2.0**op.weight_exponent).astype(np.int64)
-        op.shift = -(op.weight_exponent + node.tensor.frac_bits)
-    elif op.type == "upsample":
-        op.frac_bits = UPSAMPLE_FRAC_BITS
-    elif op.type == "nisf":
-        op.multiplier, op.shift = multiplier_shift(op.in_scale * r_in[0])
-    elif op.type == "add":
-        pairs = [multiplier_shift(c * r / r_out) for c, r in zip(op.coefficients, r_in)]
-        op.multipliers, op.shifts = tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
-    elif op.type == "affine":
-        gain = op.scale * r_in[0] / r_out
-        peak = float(np.max(np.abs(gain))) or 1.0
-        op.shift = (AFFINE_BITS - 1) - math.ceil(math.log2(peak * (1 + 2.0**-AFFINE_BITS)))
-        op.multiplier = np.round(gain * 2.0**op.shift).astype(np.int64)
-        op.offset_int = np.round(op.offset / r_out * 2.0**op.shift).astype(np.int64)
-    elif op.type == "complement":
-        one = op.one / r_in[0]
-        if one != round(one):
-            raise GraphError(f"node {name}: complement constant {one} is not an integer in the input's format")
-        op.one = float(round(one))
-    elif op.type == "mul":
-        if not all(graph[i].tensor.exact for i in node.inputs):
-            raise GraphError(f"node {name}: only products of spike maps quantize exactly; this one multiplies real values")
-    elif op.type == "sigmoid":
-        op.in_scale = op.in_scale * r_in[0]
+    try:
+        quantizer = rule(QUANTIZERS, node.op, "integer form")
+    except OpRefused as error:
+        raise GraphError(f"node {node.name}: {error}") from error
+    quantizer(node, graph, [_ratio(graph[i]) for i in node.inputs], _ratio(node))
 
 
 def quantize(graph: Graph, calibration_images: np.ndarray) -> tuple[Graph, list[NodeQuantReport]]:
@@ -150,9 +206,10 @@ def run_quantized(qgraph: Graph, images: np.ndarray, record: bool = False):
 
 
 def _dequantize(node: Node, stored: np.ndarray) -> np.ndarray:
-    """An integer tensor in the float graph's terms (the sigmoid's logits become probabilities)."""
-    if node.op.type == "sigmoid":
-        return logits_to_probabilities(stored, node.op.in_scale)
+    """An integer tensor in the float graph's terms (an output activation's logits become probabilities)."""
+    activation = neurons.OUTPUT_ACTIVATIONS.get(type(node.op))
+    if activation is not None:
+        return neurons.output_values(activation, stored, node.op.in_scale)
     return stored * _ratio(node)
 
 

@@ -1,4 +1,7 @@
-"""Synapses: weighted connections (convolution, transposed convolution, fixed bilinear upsampling).
+"""Synapses: weighted connections (convolution, transposed convolution, fixed upsampling synapses).
+
+``nn.Linear`` over channels is traced as a 1x1 convolution and ``AvgPool2d`` as a depthwise
+convolution with fixed weights 1/k^2 (``trace``); they are those synapses in every backend.
 
 Float semantics act on the *stored* values of the input tensor (``real = stored * scale``): the
 input's scale is folded into the weights by ``passes.fold_nisf_normalization``. Integer semantics
@@ -6,7 +9,7 @@ input's scale is folded into the weights by ``passes.fold_nisf_normalization``. 
 (``weight ~= m * 2**e``), an integer bias at the accumulator's scale, and a rounding shift:
 
     conv2d (int):   y = saturate(shift_round(conv(x, m) + bias_acc, shift), 24)
-    upsample (int): y = shift_round(Uh @ x @ Uw.T, 2 * frac_bits)   (per channel)
+    upsample (int): y = shift_round(Uh @ x @ Uw.T, 2 * frac_bits)   (per channel; bilinear or nearest)
 """
 from __future__ import annotations
 
@@ -100,7 +103,8 @@ class ConvTranspose2d(Op):
 
 @dataclasses.dataclass(eq=False)
 class Upsample(Op):
-    """Bilinear upsampling by an integer factor with align_corners=True: fixed synapses.
+    """Upsampling by an integer factor: fixed synapses. ``mode`` "bilinear" (align_corners=True)
+    or "nearest" (each input pixel copied to a factor x factor block, exact in integers).
 
     Separable: ``y[c] = Uh @ x[c] @ Uw.T`` with the interpolation matrices of ``interp_matrix``.
     The integer form uses matrices whose rows sum to exactly ``2**frac_bits``.
@@ -112,20 +116,37 @@ class Upsample(Op):
 
     factor: int = 2
     frac_bits: int | None = None
+    mode: str = "bilinear"
+
+    @property
+    def taps(self) -> int:
+        """Inputs per output along one axis."""
+        return 2 if self.mode == "bilinear" else 1
+
+    def matrix(self, n_in: int) -> np.ndarray:
+        return interp_matrix(n_in, n_in * self.factor, self.mode)
+
+    def matrix_int(self, n_in: int) -> np.ndarray:
+        return interp_matrix_int(n_in, n_in * self.factor, self.frac_bits, self.mode)
 
     def dense_macs(self, in_shape) -> int:
-        """Multiply-accumulates of the separable form: 2 per output along H, then 2 per output along W."""
+        """Multiply-accumulates of the separable form: ``taps`` per output along H, then along W
+        (nearest: a copy, 1 per output and axis)."""
         c, h, w = in_shape
-        return c * (h * self.factor) * w * 2 + c * (h * self.factor) * (w * self.factor) * 2
+        return c * (h * self.factor) * w * self.taps + c * (h * self.factor) * (w * self.factor) * self.taps
 
     def out_shape(self, in_shapes):
         c, h, w = in_shapes[0]
         return (c, h * self.factor, w * self.factor)
 
 
-def interp_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """[n_out, n_in] linear interpolation with align_corners=True (torch's bilinear rule)."""
+def interp_matrix(n_in: int, n_out: int, mode: str = "bilinear") -> np.ndarray:
+    """[n_out, n_in] linear interpolation with align_corners=True (torch's bilinear rule), or
+    torch's nearest rule (output o reads input floor(o * n_in / n_out))."""
     m = np.zeros((n_out, n_in))
+    if mode == "nearest":
+        m[np.arange(n_out), np.arange(n_out) * n_in // n_out] = 1.0
+        return m
     if n_in == 1 or n_out == 1:
         m[:, 0] = 1.0
         return m
@@ -137,11 +158,11 @@ def interp_matrix(n_in: int, n_out: int) -> np.ndarray:
     return m
 
 
-def interp_matrix_int(n_in: int, n_out: int, frac_bits: int) -> np.ndarray:
+def interp_matrix_int(n_in: int, n_out: int, frac_bits: int, mode: str = "bilinear") -> np.ndarray:
     """``interp_matrix`` in integers at scale 2**-frac_bits; each row sums to exactly 2**frac_bits,
     so constant maps stay constant. The residue of rounding goes to the row's largest weight."""
     one = 1 << frac_bits
-    m = np.round(interp_matrix(n_in, n_out) * one).astype(np.int64)
+    m = np.round(interp_matrix(n_in, n_out, mode) * one).astype(np.int64)
     rows = np.arange(n_out)
     m[rows, np.argmax(m, axis=1)] += one - m.sum(axis=1)
     return m
@@ -159,18 +180,31 @@ def _transposed_axis_fan(n_in: int, n_out: int, k: int, stride: int, pad: int) -
     return ((pos >= 0) & (pos < n_out)).sum(axis=1)
 
 
+def _conv_fan_out(op: Conv2d, in_shape, out_shape):
+    (_, h, w), (_, ho, wo) = in_shape, out_shape
+    (kh, kw), (sh, sw), (ph, pw) = op.kernel, op.stride, op.padding
+    return (op.out_channels // op.groups, _conv_axis_fan(h, ho, kh, sh, ph), _conv_axis_fan(w, wo, kw, sw, pw))
+
+
+def _transposed_fan_out(op: ConvTranspose2d, in_shape, out_shape):
+    (_, h, w), (_, ho, wo) = in_shape, out_shape
+    (kh, kw), (sh, sw), (ph, pw) = op.kernel, op.stride, op.padding
+    return (op.out_channels, _transposed_axis_fan(h, ho, kh, sh, ph), _transposed_axis_fan(w, wo, kw, sw, pw))
+
+
+def _upsample_fan_out(op: Upsample, in_shape, out_shape):
+    _, h, w = in_shape
+    return (1, np.count_nonzero(op.matrix(h), axis=0), np.count_nonzero(op.matrix(w), axis=0))
+
+
+#: synaptic op class -> its exact fan-out rule
+FAN_OUT = {Conv2d: _conv_fan_out, ConvTranspose2d: _transposed_fan_out, Upsample: _upsample_fan_out}
+
+
 def fan_out(op: Op, in_shape: tuple[int, int, int]) -> tuple[int, np.ndarray, np.ndarray]:
     """Exact fan-out of a synaptic op: input element (c, i, j) reaches ``per_channel * fh[i] * fw[j]``
     outputs (zero padding and stride included). Upsampling counts its nonzero interpolation weights.
     The energy analyzer and the Lava counters both count synaptic operations with it."""
-    c, h, w = in_shape
-    _, ho, wo = op.out_shape([in_shape])
-    if op.type == "conv2d":
-        (kh, kw), (sh, sw), (ph, pw) = op.kernel, op.stride, op.padding
-        return (op.out_channels // op.groups, _conv_axis_fan(h, ho, kh, sh, ph), _conv_axis_fan(w, wo, kw, sw, pw))
-    if op.type == "conv_transpose2d":
-        (kh, kw), (sh, sw), (ph, pw) = op.kernel, op.stride, op.padding
-        return (op.out_channels, _transposed_axis_fan(h, ho, kh, sh, ph), _transposed_axis_fan(w, wo, kw, sw, pw))
-    if op.type == "upsample":
-        return (1, np.count_nonzero(interp_matrix(h, ho), axis=0), np.count_nonzero(interp_matrix(w, wo), axis=0))
-    raise ValueError(f"no fan-out rule for op {op.type}")
+    if type(op) not in FAN_OUT:
+        raise ValueError(f"no fan-out rule for op {op.type}")
+    return FAN_OUT[type(op)](op, in_shape, op.out_shape([in_shape]))

@@ -2,7 +2,7 @@
 
 ``float_model(graph, meta)`` lowers the prepared *float* graph (not the torch module: the IR is the
 single source of what every backend runs). Input ``image`` float32 [N, C, H, W], output
-``probabilities`` [N, 1, H, W]; batch, height and width are dynamic (the upsampling is a ``Resize``
+``probabilities`` [N, K, H, W] (logits where the graph has no output activation); batch, height and width are dynamic (the upsampling is a ``Resize``
 with ``scales``, linear, ``align_corners``, which is torch's bilinear rule at any size). NISF is
 ``Round(Clip(x * in_scale, 0, D))``; ONNX ``Round`` rounds half to even, as torch does. Two lowerings
 are chosen for onnxruntime's speed and compute the same sums: per-channel affines (BatchNorm after
@@ -10,9 +10,9 @@ a residual sum) are 1x1 depthwise convolutions, and SDQK's pairwise grouped conv
 depthwise convolution plus a 0/1 1x1 convolution (see ``_pairwise_conv_float``).
 
 ``int_model(qgraph, meta)`` lowers the quantized graph. Input ``image_int`` int64 [N, C, H, W] (the
-host's ``io.quantize_input``), output ``logits`` int64 (the integer logits of the final sigmoid;
-probabilities are computed on the host by ``neurons.logits_to_probabilities``). H and W are fixed:
-the integer upsampling matrices depend on the size. Every value equals ``interpret_int``'s, bit for
+host's ``io.quantize_input``), output ``logits`` int64 (the integer logits before the output
+activation, or the last tensor of a graph without one; ``neurons.output_values`` turns them into the
+network's output on the host). H and W are fixed: the integer upsampling matrices depend on the size. Every value equals ``interpret_int``'s, bit for
 bit, because every op is chosen to be exact in onnxruntime's CPU kernels:
 
 - Activations travel as **float64** holding integers. float64 represents every integer below 2**53
@@ -49,10 +49,15 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from medqk.convert import elementwise as ew
+from medqk.convert import neurons
+from medqk.convert import synapses as syn
 from medqk.convert.fixed_point import STATE_BITS, STATE_MAX, STATE_MIN
 from medqk.convert.graph import SPIKE, Graph, Node
+from medqk.convert.io import Input
 from medqk.convert.kernels import FLOAT64_EXACT, float32_plane_bits, largest_weight_sum
-from medqk.convert.synapses import interp_matrix_int
+from medqk.convert.neurons import output_activation, output_scale
+from medqk.convert.op import OpRefused, Refused, rule
 
 #: ONNX operator set of both models
 OPSET = 17
@@ -169,6 +174,16 @@ def complement(b: _Builder, node: Node, x: str) -> str:
     return b.op("Sub", [b.const(node.op.one), x])
 
 
+def channel_slice(b: _Builder, node: Node, x: str) -> str:
+    op = node.op
+    return b.op("Slice", [x, b.const([op.start], np.int64), b.const([op.stop], np.int64), b.const([1], np.int64)])
+
+
+def maxpool2d(b: _Builder, node: Node, x: str) -> str:
+    k, s = node.op.kernel, node.op.stride
+    return b.op("MaxPool", [x], kernel_shape=[k, k], strides=[s, s])
+
+
 # -- float model (float32, stored values of the float IR) --------------------------------------
 
 def input_float(b: _Builder, node: Node) -> str:
@@ -205,16 +220,24 @@ def conv_transpose2d_float(b: _Builder, node: Node, x: str) -> str:
 
 
 def upsample_float(b: _Builder, node: Node, x: str) -> str:
-    # scales (not sizes) keep height and width dynamic; align_corners + linear is torch's bilinear
+    # scales (not sizes) keep height and width dynamic; align_corners + linear is torch's bilinear,
+    # asymmetric + floor torch's nearest
     f = node.op.factor
-    return b.op("Resize", [x, "", b.const([1, 1, f, f], np.float32)], mode="linear",
-                coordinate_transformation_mode="align_corners")
+    scales = b.const([1, 1, f, f], np.float32)
+    if node.op.mode == "nearest":
+        return b.op("Resize", [x, "", scales], mode="nearest", coordinate_transformation_mode="asymmetric",
+                    nearest_mode="floor")
+    return b.op("Resize", [x, "", scales], mode="linear", coordinate_transformation_mode="align_corners")
 
 
 def nisf_float(b: _Builder, node: Node, x: str) -> str:
     op = node.op
-    spikes = b.op("Round", [b.op("Clip", [b.scaled(x, op.in_scale), b.const(0), b.const(op.levels)])])
-    return spikes if op.integer_output else b.scaled(spikes, 1.0 / op.levels)
+    v = b.scaled(x, op.in_scale)
+    if op.threshold is not None:
+        spikes = b.op("Cast", [b.op("GreaterOrEqual", [v, b.const(op.threshold)])], to=TensorProto.FLOAT)
+    else:
+        spikes = b.op("Round", [b.op("Clip", [v, b.const(0), b.const(op.levels)])])
+    return spikes if op.integer_output else b.scaled(spikes, op.spike_scale)
 
 
 def relu_float(b: _Builder, node: Node, x: str) -> str:
@@ -223,6 +246,10 @@ def relu_float(b: _Builder, node: Node, x: str) -> str:
 
 def sigmoid_float(b: _Builder, node: Node, x: str) -> str:
     return b.op("Sigmoid", [b.scaled(x, node.op.in_scale)])
+
+
+def softmax_float(b: _Builder, node: Node, x: str) -> str:
+    return b.op("Softmax", [b.scaled(x, node.op.in_scale)], axis=1)
 
 
 def add_float(b: _Builder, node: Node, *xs: str) -> str:
@@ -243,17 +270,13 @@ def batchnorm_float(b: _Builder, node: Node, x: str) -> str:
     return _channel_affine(b, x, *node.op.scale_offset())
 
 
-def maxpool2d_float(b: _Builder, node: Node, x: str) -> str:
-    k, s = node.op.kernel, node.op.stride
-    return b.op("MaxPool", [x], kernel_shape=[k, k], strides=[s, s])
-
-
 FLOAT_OPS = {
-    "input": input_float, "conv2d": conv2d_float, "conv_transpose2d": conv_transpose2d_float,
-    "upsample": upsample_float, "nisf": nisf_float, "relu": relu_float, "sigmoid": sigmoid_float,
-    "add": add_float, "mul": mul, "affine": affine_float, "batchnorm": batchnorm_float,
-    "complement": complement, "group_sum": group_sum, "group_broadcast": group_broadcast,
-    "concat": concat, "maxpool2d": maxpool2d_float,
+    Input: input_float, syn.Conv2d: conv2d_float, syn.ConvTranspose2d: conv_transpose2d_float,
+    syn.Upsample: upsample_float, neurons.NISF: nisf_float, neurons.ReLU: relu_float,
+    neurons.Sigmoid: sigmoid_float, neurons.Softmax: softmax_float, ew.Add: add_float, ew.Mul: mul,
+    ew.Affine: affine_float, ew.BatchNorm: batchnorm_float, ew.Complement: complement,
+    ew.GroupSum: group_sum, ew.GroupBroadcast: group_broadcast, ew.Concat: concat,
+    ew.ChannelSlice: channel_slice, ew.MaxPool2d: maxpool2d,
 }
 
 
@@ -316,22 +339,24 @@ def conv2d_int(b: _Builder, node: Node, x: str) -> str:
 
 def upsample_int(b: _Builder, node: Node, x: str) -> str:
     _, h, w = b.input_shape(node)
-    f, frac = node.op.factor, node.op.frac_bits
-    rows = b.const(interp_matrix_int(h, h * f, frac))
-    cols = b.const(interp_matrix_int(w, w * f, frac).T)
+    frac = node.op.frac_bits
+    rows = b.const(node.op.matrix_int(h))
+    cols = b.const(node.op.matrix_int(w).T)
     # interpolation rows sum to 2**frac per axis: |Uh @ x @ Uw.T| <= STATE_LIMIT * 2**(2 * frac)
     return _requantize(b, b.op("MatMul", [b.op("MatMul", [rows, x]), cols]), 2 * frac, STATE_LIMIT * 4.0**frac)
 
 
 def nisf_int(b: _Builder, node: Node, x: str) -> str:
     op = node.op
+    if op.threshold is not None:
+        return b.op("Cast", [b.op("GreaterOrEqual", [x, b.const(op.threshold_int)])], to=TensorProto.DOUBLE)
     # Round is half-to-even, and x * multiplier * 2**-shift is exact: shift_round_half_even
     _require_exact(b, STATE_LIMIT * abs(op.multiplier))
     return b.op("Clip", [b.op("Round", [b.scaled(x, op.multiplier * 2.0**-op.shift)]), b.const(0), b.const(op.levels)])
 
 
-def sigmoid_int(b: _Builder, node: Node, x: str) -> str:
-    return b.op("Cast", [x], to=TensorProto.INT64)  # the integer logits (see neurons.Sigmoid)
+def output_activation_int(b: _Builder, node: Node, x: str) -> str:
+    return x  # the integer logits; the host applies the activation (neurons.output_values)
 
 
 def add_int(b: _Builder, node: Node, *xs: str) -> str:
@@ -344,22 +369,25 @@ def affine_int(b: _Builder, node: Node, x: str) -> str:
     return _saturate(b, _requantize(b, x, op.shift, STATE_LIMIT, multiplier=_per_channel(op.multiplier), offset=_per_channel(op.offset_int)))
 
 
+_FLOAT_ONLY = Refused("float graphs only (ANN baselines, or before BatchNorm folding)")
+
 INT_OPS = {
-    "input": input_int, "conv2d": conv2d_int, "upsample": upsample_int, "nisf": nisf_int,
-    "sigmoid": sigmoid_int, "add": add_int, "mul": mul, "affine": affine_int,
-    "complement": complement, "group_sum": group_sum, "group_broadcast": group_broadcast,
-    "concat": concat,
+    Input: input_int, syn.Conv2d: conv2d_int, syn.Upsample: upsample_int, syn.ConvTranspose2d: _FLOAT_ONLY,
+    neurons.NISF: nisf_int, neurons.Sigmoid: output_activation_int, neurons.Softmax: output_activation_int,
+    neurons.ReLU: _FLOAT_ONLY, ew.Add: add_int, ew.Mul: mul, ew.Affine: affine_int, ew.BatchNorm: _FLOAT_ONLY,
+    ew.Complement: complement, ew.GroupSum: group_sum, ew.GroupBroadcast: group_broadcast, ew.Concat: concat,
+    ew.ChannelSlice: channel_slice, ew.MaxPool2d: maxpool2d,
 }
 
 
 # -- models ------------------------------------------------------------------------------------
 
-def _lower(b: _Builder, ops: dict) -> None:
+def _lower(b: _Builder, ops: dict, model: str) -> None:
     for node in b.graph.nodes():
-        lowering = ops.get(node.op.type)
-        if lowering is None:
-            raise ValueError(f"node {node.name}: op {node.op.type} has no lowering to this ONNX model "
-                             f"(supported: {', '.join(sorted(ops))})")
+        try:
+            lowering = rule(ops, node.op, f"lowering to the {model} ONNX model")
+        except OpRefused as error:
+            raise ValueError(f"node {node.name}: {error}") from error
         b.node_name = node.name
         b.name_result(lowering(b, node, *node.inputs), node.name)
 
@@ -379,7 +407,7 @@ def metadata(graph: Graph, meta: dict) -> dict[str, str]:
         "medqk_version": meta.get("medqk_version", __version__),
         "source_checkpoint_sha256": meta.get("source_checkpoint", {}).get("sha256"),
         "preprocessing": meta.get("preprocessing"),
-        "nisf_levels": sorted({n.op.levels for n in graph.nodes() if n.op.type == "nisf"}),
+        "nisf_levels": sorted({n.op.levels for n in graph.nodes() if isinstance(n.op, neurons.NISF)}),
         "widths": config.get("widths"),
         "image_size": meta.get("image_size"),
         "size_multiple": size_multiple(graph),
@@ -398,10 +426,10 @@ def _model(b: _Builder, inputs, outputs, props: dict[str, str], doc: str) -> onn
 
 
 def float_model(graph: Graph, meta: dict | None = None) -> onnx.ModelProto:
-    """ONNX model of a prepared float graph: float32 image [N, C, H, W] -> probabilities [N, 1, H, W],
-    batch, height and width dynamic."""
+    """ONNX model of a prepared float graph: float32 image [N, C, H, W] -> the network's output
+    [N, K, H, W] (probabilities after a sigmoid or softmax, else logits), batch, height and width dynamic."""
     b = _Builder(graph, np.float32)
-    _lower(b, FLOAT_OPS)
+    _lower(b, FLOAT_OPS, "float")
     b.nodes.append(helper.make_node("Identity", [graph.output.name], [FLOAT_OUTPUT], name=FLOAT_OUTPUT))
     (channels, *size), (out_channels, *out_size) = graph.input.tensor.shape, graph.output.tensor.shape
     out_dims = ["H", "W"] if out_size == size else [None, None]  # MedQKFormer: same size; others: unknown
@@ -413,16 +441,18 @@ def float_model(graph: Graph, meta: dict | None = None) -> onnx.ModelProto:
 
 def int_model(qgraph: Graph, meta: dict | None = None) -> onnx.ModelProto:
     """ONNX model of a quantized graph, bit-exact with ``interpret_int``: int64 image
-    (``io.quantize_input``) [N, C, H, W] -> int64 logits [N, 1, H, W]; H and W fixed."""
+    (``io.quantize_input``) [N, C, H, W] -> int64 logits [N, K, H, W]; H and W fixed. The metadata's
+    ``logit_scale`` and ``output_activation`` turn them into the network's output (``neurons.output_values``)."""
     b = _Builder(qgraph, np.float64)
-    _lower(b, INT_OPS)
-    b.nodes.append(helper.make_node("Identity", [qgraph.output.name], [INT_OUTPUT], name=INT_OUTPUT))
+    _lower(b, INT_OPS, "integer")
+    b.nodes.append(helper.make_node("Cast", [qgraph.output.name], [INT_OUTPUT], name=INT_OUTPUT, to=TensorProto.INT64))
     props = {**metadata(qgraph, meta or {}), "input_frac_bits": str(qgraph.input.tensor.frac_bits),
-             "logit_scale": repr(float(qgraph.output.op.in_scale))}
+             "logit_scale": repr(output_scale(qgraph)), "output_activation": output_activation(qgraph)}
     return _model(b, [helper.make_tensor_value_info(INT_INPUT, TensorProto.INT64, ["N", *qgraph.input.tensor.shape])],
                   [helper.make_tensor_value_info(INT_OUTPUT, TensorProto.INT64, ["N", *qgraph.output.tensor.shape])], props,
                   "MedQKFormer integer model, bit-exact with medqk's integer interpreter: image quantized with "
-                  "input_frac_bits in, integer logits out (probability = sigmoid(logits * logit_scale)).")
+                  "input_frac_bits in, integer logits out (real logits = logits * logit_scale; probabilities = "
+                  "output_activation (sigmoid, softmax over channels, or none) of them).")
 
 
 def write_onnx_models(directory: Path, model) -> None:

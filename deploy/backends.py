@@ -52,6 +52,11 @@ class ModelHandle:
             from medqk.defaults import default_checkpoint_path
 
             checkpoint = self.path if self.path is not None else default_checkpoint_path()
+            if self.directory is not None and "source_module" in self.converted.meta:  # medqk convert --model
+                from medqk.convert.factory import rebuild
+
+                self._torch = rebuild(self.converted.meta["source_module"])
+                return self._torch
             if self.directory is not None:
                 source = self.converted.meta["source_checkpoint"]
                 checkpoint = Path(source["path"])

@@ -22,6 +22,7 @@ OUTPUT_WRITERS.append(write_loihi2)
 
 
 def register(subparsers) -> None:
+    from medqk.data.preprocess import PIXEL_DEPTH_RULE
     from medqk.deploy.backends import BACKENDS
 
     p = subparsers.add_parser(
@@ -30,12 +31,14 @@ def register(subparsers) -> None:
                     "MODEL is a checkpoint (converted in memory) or a directory written by `medqk convert`.")
     p.add_argument("model", nargs="?", type=Path, help="checkpoint (.pt) or converted model directory; default: the embedded default model")
     p.add_argument("--image", type=Path, metavar="PATH",
-                   help="an image file (preprocessed as the model records), or a .npy float32 [3, H, W] array that is "
-                        "already the network input; default: a built-in synthetic image")
+                   help="an image file (preprocessed as the model records; " + PIXEL_DEPTH_RULE + "), or a .npy float32 "
+                        "[3, H, W] array that is already the network input; default: a built-in synthetic image")
     p.add_argument("--backend", choices=sorted(BACKENDS), default="ir-int", help="where to run it (default: %(default)s)")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="input size when MODEL is a checkpoint")
     p.add_argument("--out", type=Path, metavar="MASK.png", help="write the 0.5-thresholded mask as PNG")
-    p.add_argument("--save-probs", type=Path, metavar="F.npy", help="write the H x W probabilities (float32)")
+    p.add_argument("--save-probs", type=Path, metavar="F.npy",
+                   help="write the network's output as float32: H x W (K x H x W for K classes) probabilities where it "
+                        "ends in a sigmoid or softmax, its logits otherwise")
     p.add_argument("--json", type=Path, metavar="F", help="write what ran and what came out as JSON")
     p.add_argument("--activity", type=Path, metavar="F",
                    help="lava: write the measured spikes and synaptic operations per layer (for `medqk energy report --activity`)")
@@ -65,6 +68,20 @@ def save_mask_png(probabilities: np.ndarray, path: Path) -> None:
     from PIL import Image
 
     Image.fromarray(((probabilities > 0.5) * 255).astype(np.uint8)).save(path)
+
+
+def save_probabilities(probabilities: np.ndarray, path: Path) -> None:
+    """float32 .npy at exactly ``path`` (given a file name, np.save would add .npy to one without it)."""
+    with open(path, "wb") as file:
+        np.save(file, probabilities.astype(np.float32))
+
+
+def mask_suffixes() -> tuple[str, ...]:
+    """The file name endings Pillow can write a mask image to (it chooses the format by them)."""
+    from PIL import Image
+
+    Image.init()
+    return tuple(sorted(suffix for suffix, kind in Image.registered_extensions().items() if kind in Image.SAVE))
 
 
 def lava_lines(info: dict, graph) -> list[str]:
@@ -97,34 +114,39 @@ def write_activity(path: Path, info: dict, graph) -> None:
 
 
 def run_command(args) -> int:
+    from medqk.convert.neurons import output_activation
+    from medqk.convert.pipeline import predicted_labels
     from medqk.deploy.backends import BACKENDS, ModelHandle
     from medqk.errors import InputError
+    from medqk.outputs import check_files, write_files
 
     if args.activity and args.backend != "lava":
         raise InputError("--activity records a Lava run's spikes: use it with --backend lava")
+    outputs = {"--out": args.out, "--save-probs": args.save_probs, "--json": args.json, "--activity": args.activity}
+    check_files(outputs, suffixes={"--out": mask_suffixes()})
     handle = ModelHandle(args.model, tuple(args.image_size) if args.image_size else None)
     images = load_input(handle, args.image)
     result = BACKENDS[args.backend](handle, images)
-    probs = result.probabilities[0, 0]
+    output = result.probabilities[0]
+    output = output[0] if len(output) == 1 else output  # [H, W], or [K, H, W] for K classes
+    mask = predicted_labels(result.probabilities, output_activation(handle.converted.int_graph))[0]
     record = {
         "backend": args.backend, "model": str(args.model) if args.model else "embedded default",
         "image": str(args.image) if args.image else "built-in synthetic image",
-        "shape": list(probs.shape), "foreground_fraction": float(np.mean(probs > 0.5)),
+        "shape": list(mask.shape), "foreground_fraction": float(np.mean(mask != 0)),
         "seconds": result.seconds, **result.info,
     }
-    console.info(f"{args.backend}: {probs.shape[0]}x{probs.shape[1]} mask, {100 * record['foreground_fraction']:.2f}% foreground, "
+    console.info(f"{args.backend}: {mask.shape[0]}x{mask.shape[1]} mask, {100 * record['foreground_fraction']:.2f}% foreground, "
                  f"{result.seconds:.3f} s")
     if args.backend == "lava":
         console.info("\n".join(lava_lines(result.info, handle.converted.int_graph)))
-    if args.activity:
-        write_activity(args.activity, result.info, handle.converted.int_graph)
-        console.info(f"activity -> {args.activity}")
-    if args.out:
-        save_mask_png(probs, args.out)
-        console.info(f"mask -> {args.out}")
-    if args.save_probs:
-        np.save(args.save_probs, probs.astype(np.float32))
-        console.info(f"probabilities -> {args.save_probs}")
-    if args.json:
-        args.json.write_text(json.dumps(record, indent=2, default=str))
+    write_files({
+        args.activity: lambda path: write_activity(path, result.info, handle.converted.int_graph),
+        args.out: lambda path: save_mask_png(mask, path),
+        args.save_probs: lambda path: save_probabilities(output, path),
+        args.json: lambda path: path.write_text(json.dumps(record, indent=2, default=str)),
+    })
+    for option, what in (("--activity", "activity"), ("--out", "mask"), ("--save-probs", "probabilities")):
+        if outputs[option]:
+            console.info(f"{what} -> {outputs[option]}")
     return 0

@@ -76,6 +76,7 @@ def score_table(scores: list[BackendScore], reference: str) -> str:
 
 def register(subparsers) -> None:
     from medqk.data.layouts import LAYOUT_CHOICES
+    from medqk.data.preprocess import PIXEL_DEPTH_RULE
     from medqk.deploy.backends import BACKENDS
 
     p = subparsers.add_parser(
@@ -85,10 +86,12 @@ def register(subparsers) -> None:
                     "and the Dice and pixel agreement of its masks with the first backend's. Shows what integer "
                     "arithmetic, onnxruntime or Lava cost in accuracy on your images.")
     p.add_argument("model", nargs="?", type=Path, help="checkpoint (.pt) or converted model directory; default: the embedded default model")
-    p.add_argument("--data", default="synthetic", help="dataset folder (any layout `medqk train` reads), or 'synthetic' (default)")
+    p.add_argument("--data", default="synthetic",
+                   help=f"dataset folder (any layout `medqk train` reads), or 'synthetic' (default); {PIXEL_DEPTH_RULE}")
     p.add_argument("--layout", default="auto", choices=LAYOUT_CHOICES, help="folder layout of --data (default: auto-detect)")
-    p.add_argument("--split", default="val", choices=("val", "all"),
-                   help="the validation part (as `medqk train` holds it out with --val-fraction and --seed), or every image")
+    p.add_argument("--split", default="all", choices=("all", "val"),
+                   help="every image of the folder (default, as `medqk eval`), or only the validation part (as `medqk train` "
+                        "holds it out with --val-fraction and --seed)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="share held out for validation where the layout has no split (default 0.2)")
     p.add_argument("--seed", type=int, default=41, help="seed of the split (default 41)")
     p.add_argument("--count", type=int, default=32, help="synthetic images (default %(default)s)")
@@ -105,6 +108,7 @@ def compare_command(args) -> int:
     from medqk.data.preprocess import Preprocessing
     from medqk.deploy.backends import ModelHandle
     from medqk.evaluate import evaluation_dataset
+    from medqk.outputs import check_files, write_files
 
     if len(set(args.backends)) != len(args.backends):
         raise InputError(f"--backends lists a backend twice: {' '.join(args.backends)}")
@@ -112,19 +116,20 @@ def compare_command(args) -> int:
         raise InputError("--count and --batch-size must be at least 1")
     if args.data != "synthetic" and not Path(args.data).is_dir():
         raise InputError(f"{args.data}: no such dataset folder (give a folder of images and masks, or 'synthetic')")
+    check_files({"--json": args.json})
     handle = ModelHandle(args.model, tuple(args.image_size) if args.image_size else None)
     prep = handle.preprocessing()
     prep = Preprocessing(size=tuple(handle.converted.image_size), channel_order=prep.channel_order, scale=prep.scale)
-    dataset = evaluation_dataset(args.data, prep, args.layout, args.split, args.val_fraction, args.seed, args.count)
+    dataset, share = evaluation_dataset(args.data, prep, args.layout, args.split, args.val_fraction, args.seed, args.count)
     if len(dataset) == 0:
         raise InputError(f"{args.data}: no images in the {args.split} split; try --split all")
     names, images, masks = dataset_arrays(dataset)
-    console.info(f"comparing {len(args.backends)} backend(s) on {len(names)} image(s) of {args.data} at {prep.size[0]}x{prep.size[1]}")
+    console.info(f"comparing {len(args.backends)} backend(s) on {share} at {prep.size[0]}x{prep.size[1]}")
     scores = compare_backends(handle, images, masks, args.backends, args.batch_size)
     console.info(score_table(scores, args.backends[0]))
     if args.json:
-        record = {"model": str(args.model) if args.model else "embedded default", "data": args.data, "images": names,
+        record = {"model": str(args.model) if args.model else "embedded default", "data": args.data, "share": share, "images": names,
                   "reference": args.backends[0], "backends": [dataclasses.asdict(s) for s in scores]}
-        args.json.write_text(json.dumps(record, indent=2) + "\n")
+        write_files({args.json: lambda path: path.write_text(json.dumps(record, indent=2) + "\n")})
         console.info(f"wrote {args.json}")
     return 0

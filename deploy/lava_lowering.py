@@ -105,7 +105,7 @@ def run_lava(handle, images: np.ndarray):
     """Backend ``lava``: ``(backends.ModelHandle, float32 images [N, C, H, W]) -> backends.RunResult``,
     one Lava run per image; ``info`` holds steps, timings and the activity summed over the images."""
     from medqk.convert.io import quantize_input
-    from medqk.convert.neurons import logits_to_probabilities
+    from medqk.convert.neurons import output_activation, output_scale, output_values
     from medqk.deploy.backends import RunResult
 
     graph = handle.converted.int_graph
@@ -114,11 +114,13 @@ def run_lava(handle, images: np.ndarray):
     runs = []
     for i in range(len(x_int)):
         bar, update = _step_bar(f"lava image {i + 1}/{len(x_int)}")
-        runs.append(run_image(graph, x_int[i:i + 1], plans, progress=update))
-        bar.close()
+        try:
+            runs.append(run_image(graph, x_int[i:i + 1], plans, progress=update))
+        finally:
+            bar.close()  # also on an error or interrupt: its message then starts a clean line
     logits = np.concatenate([run.logits for run in runs])
     seconds = {part: sum(getattr(r, f"{part}_s") for r in runs) for part in ("build", "run", "read")}
-    return RunResult(logits_to_probabilities(logits, graph.output.op.in_scale), sum(seconds.values()), {
+    return RunResult(output_values(output_activation(graph), logits, output_scale(graph)), sum(seconds.values()), {
         "fused_layers": len(plans), "steps": runs[0].steps, "images": len(runs),
         **{f"{part}_seconds": value for part, value in seconds.items()}, "activity": _summed(runs),
     })

@@ -32,7 +32,7 @@ from medqk.errors import MedqkError
 #: IR op types the Lava process models compute (``input`` is the source process, not an op).
 LAVA_OPS = frozenset({
     "conv2d", "upsample", "nisf", "add", "mul", "affine", "complement",
-    "group_sum", "group_broadcast", "concat", "sigmoid",
+    "group_sum", "group_broadcast", "concat", "sigmoid", "softmax", "maxpool2d", "channel_slice",
 })
 #: Ports of one fused-layer process. Lava pairs every port of a process with a port declared on its
 #: process model class, so the model declares a fixed number of each; unused ones stay unconnected.

@@ -4,7 +4,8 @@
 name and gives each process its fire step (``lava_plan.fire_steps``); ``run_network`` runs it and
 reads back only the outputs and the small per-layer counters. ``lava_run`` is the context manager
 underneath: whatever happens (an error in a process model, an exception in the caller's block,
-Ctrl-C), no Lava child process outlives it.
+Ctrl-C or SIGTERM, also while the children start), no Lava child process outlives it, and if the
+host itself is killed, its children die with it (``lava_signals``).
 
 Lava is imported only inside these functions: ``import medqk.deploy.lava_runtime`` stays cheap and
 works without Lava; using it without Lava raises a ``MedqkError`` saying how to install it.
@@ -19,6 +20,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from medqk.deploy.lava_plan import COUNTERS, LayerPlan, fire_steps
+from medqk.deploy.lava_signals import Interrupts, children_die_with_parent
 from medqk.errors import MedqkError
 
 #: seconds a Lava child process gets to exit after SIGTERM before it is killed
@@ -110,39 +112,56 @@ def lava_run(processes: Sequence, num_steps: int, run_cfg=None, progress: Progre
 
     Read Vars and sinks inside the ``with`` block: the runtime is stopped on leaving it, also on an
     exception or KeyboardInterrupt. ``progress(done, total)`` is called after every ``chunk_steps``.
+    SIGINT and SIGTERM that arrive while the children are forked take effect once they all are.
     """
     require_lava()
     from lava.magma.core.run_conditions import RunSteps
 
     root = processes[0]
     clean = False
-    try:
-        start = time.perf_counter()
-        root.create_runtime(run_cfg=run_cfg or run_config(processes))
-        built = time.perf_counter()
-        # Lava compiles only what is connected to the root; anything else would silently not run.
-        unreached = [p.name for p in processes if p.runtime is not root.runtime]
-        if unreached:
-            raise MedqkError(f"the Lava graph is not connected: {unreached} are not connected to {root.name}")
-        chunk = chunk_steps or num_steps
-        for done in range(0, num_steps, chunk):
-            try:
-                root.run(condition=RunSteps(num_steps=min(chunk, num_steps - done)))
-            except RuntimeError as error:
-                details = _child_errors(root.runtime)
-                raise MedqkError(f"the Lava run failed at steps {done + 1}..{min(done + chunk, num_steps)}: "
-                                 f"{details or error}") from error
-            if progress is not None:
-                progress(min(done + chunk, num_steps), num_steps)
-        yield LavaSession(root.runtime, built - start, time.perf_counter() - built)
-        clean = True
-    finally:
-        runtime = root.runtime
-        if runtime is not None:
-            if clean:
-                runtime.stop()
-            else:
+    with Interrupts() as interrupts:
+        try:
+            start = time.perf_counter()
+            with interrupts.deferred(), children_die_with_parent():
+                root.create_runtime(run_cfg=run_cfg or run_config(processes))
+            interrupts.check()
+            built = time.perf_counter()
+            # Lava compiles only what is connected to the root; anything else would silently not run.
+            unreached = [p.name for p in processes if p.runtime is not root.runtime]
+            if unreached:
+                raise MedqkError(f"the Lava graph is not connected: {unreached} are not connected to {root.name}")
+            chunk = chunk_steps or num_steps
+            for done in range(0, num_steps, chunk):
+                try:
+                    root.run(condition=RunSteps(num_steps=min(chunk, num_steps - done)))
+                except RuntimeError as error:
+                    details = _child_errors(root.runtime)
+                    raise MedqkError(f"the Lava run failed at steps {done + 1}..{min(done + chunk, num_steps)}: "
+                                     f"{details or error}") from error
+                interrupts.check()
+                if progress is not None:
+                    progress(min(done + chunk, num_steps), num_steps)
+            yield LavaSession(root.runtime, built - start, time.perf_counter() - built)
+            interrupts.check()
+            clean = True
+        finally:
+            if root.runtime is not None:
+                _shut_down(root.runtime, clean, interrupts)
+        interrupts.check()  # a signal whose exception was swallowed while stopping
+
+
+def _shut_down(runtime, clean: bool, interrupts: Interrupts) -> None:
+    """Stop ``runtime`` politely after a good run; else, or if that is interrupted, terminate its children."""
+    if clean:
+        try:
+            runtime.stop()
+            return
+        except BaseException:
+            with interrupts.deferred():
                 _terminate(runtime)
+            raise
+    with interrupts.deferred():
+        _terminate(runtime)
 
 
 # -- networks ---------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 ``onnx`` runs ``model.onnx`` (float32 image -> probabilities, any batch and size that is a multiple
 of the model's ``size_multiple``); ``onnx-int`` runs ``model-int.onnx`` on the image quantized on the
 host exactly as every integer backend does (``io.quantize_input``) and turns its integer logits into
-probabilities on the host (``neurons.logits_to_probabilities``), so its output equals the integer
+probabilities on the host (``neurons.output_values``), so its output equals the integer
 interpreter's. Both come from the model directory written by ``medqk convert``; a checkpoint given
 as MODEL is converted and lowered in memory.
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from medqk.convert.io import quantize_input
-from medqk.convert.neurons import logits_to_probabilities
+from medqk.convert.neurons import output_values
 from medqk.errors import InputError, MedqkError
 
 # onnx, onnxruntime and the lowering are imported where used: this module is imported whenever the
@@ -128,7 +128,8 @@ def int_logits(session, images: np.ndarray, label: str = "the integer ONNX model
 
 
 def int_probabilities(session, images: np.ndarray, label: str = "the integer ONNX model") -> np.ndarray:
-    return logits_to_probabilities(int_logits(session, images, label), float(metadata(session)["logit_scale"]))
+    meta = metadata(session)
+    return output_values(meta.get("output_activation", "sigmoid"), int_logits(session, images, label), float(meta["logit_scale"]))
 
 
 def model_source(handle, integer: bool):
@@ -146,9 +147,8 @@ def model_source(handle, integer: bool):
     path = directory / file_name
     if not path.is_file():
         checkpoint = handle.converted.meta.get("source_checkpoint", {}).get("path", "CHECKPOINT")
-        raise InputError(f"{directory} has no {file_name}: it was converted without ONNX output; run "
-                         f"`medqk convert {checkpoint} -o {directory} --force` to write {to_onnx.FLOAT_FILE} "
-                         f"and {to_onnx.INT_FILE}")
+        raise InputError(f"{directory} has no {file_name}, which `medqk convert` always writes: the model directory "
+                         f"is incomplete; run `medqk convert {checkpoint} -o {directory} --force` to write it again")
     return path, str(path)
 
 

@@ -4,15 +4,33 @@ One layer per synapse of the integer graph (``conv2d``, ``upsample``), as the La
 them: one neuron per output element of the synapse (the NISF and element-wise ops fused after it
 run on those neurons), the weights it stores, 8-bit mantissas, and its fan-in. Convolution kernels
 are counted once per layer (weight sharing); the interpolation synapses of an upsampling store
-their 2 x 2 taps per output neuron. Spike inputs travel as graded payloads of ceil(log2(D + 1))
+their 2 x 2 taps (bilinear) or 1 tap (nearest) per output neuron. Spike inputs travel as graded payloads of ceil(log2(D + 1))
 bits, real-valued inputs as 24-bit payloads.
 """
 import json
 import math
 from pathlib import Path
 
+from medqk.convert import synapses as syn
 from medqk.convert.graph import SPIKE, Graph
+from medqk.convert.op import Refused, rule
 from medqk.deploy.loihi2 import PAYLOAD_BITS, WEIGHT_BITS, LayerDemand, ResourceReport, resource_report
+
+
+def _conv_synapses(op, neurons: int) -> tuple[int, int]:
+    return int(op.weight.size), int(op.weight[0].size)
+
+
+def _upsample_synapses(op, neurons: int) -> tuple[int, int]:
+    """taps x taps interpolation weights per output (bilinear 2 x 2, nearest 1)."""
+    return op.taps**2 * neurons, op.taps**2
+
+
+#: synaptic op class -> (stored synapses, fan-in) of its layer; what is not here has no Loihi 2 layer
+SYNAPSES = {
+    syn.Conv2d: _conv_synapses, syn.Upsample: _upsample_synapses,
+    syn.ConvTranspose2d: Refused("float graphs only (ANN baselines)"),
+}
 
 
 def layer_demands(graph: Graph) -> list[LayerDemand]:
@@ -23,10 +41,7 @@ def layer_demands(graph: Graph) -> list[LayerDemand]:
             continue
         source = graph[node.inputs[0]].tensor
         neurons = math.prod(node.tensor.shape)
-        if op.type == "conv2d":
-            synapses, fan_in = int(op.weight.size), int(op.weight[0].size)
-        else:  # bilinear upsampling: 2 x 2 taps per output
-            synapses, fan_in = 4 * neurons, 4
+        synapses, fan_in = rule(SYNAPSES, op, "Loihi 2 resource model")(op, neurons)
         payload = math.ceil(math.log2(source.levels + 1)) if source.kind == SPIKE else PAYLOAD_BITS.value
         demands.append(LayerDemand(node.name, neurons, synapses, WEIGHT_BITS.value, fan_in, payload))
     return demands
@@ -42,10 +57,30 @@ def report_summary(report: ResourceReport) -> dict:
             "violations": len(report.violations)}
 
 
+def library_graph_summary(graph: Graph) -> dict:
+    """The Lava library graph of ``graph`` (``deploy.lava_graph``) in numbers: processes (Lava's and
+    medqk's), steps, delay synapses and their largest delay, relay neurons, layers fed digit planes;
+    or, where the lowering refuses the graph (an op without a Lava process, a layer whose dendritic
+    sums could wrap), ``refused`` with the message that names the layer."""
+    from medqk.deploy.lava_graph import lower
+    from medqk.errors import MedqkError
+
+    try:
+        lowered = lower(graph)
+    except MedqkError as error:
+        return {"refused": str(error)}
+    kinds = [p.kind for p in lowered.processes]
+    return {"processes": len(kinds), "lava_processes": sum(p.library == "lava" for p in lowered.processes),
+            "steps": lowered.steps, "delay_synapses": kinds.count("DelaySparse"),
+            "max_delay": max((p.delay for p in lowered.processes), default=0), "relay_neurons": kinds.count("GradedVec"),
+            "digit_plane_layers": kinds.count("DigitPlanes")}
+
+
 def write_loihi2_json(directory: Path, model) -> None:
-    """The convert writer: ``loihi2.json`` with the summary, per-layer figures, violations and sources."""
+    """The convert writer: ``loihi2.json`` with the summary, per-layer figures, violations and sources,
+    and the Lava library graph's figures (``library_graph_summary``)."""
     report = loihi2_report(model.int_graph)
-    doc = {"summary": report_summary(report), **report.to_dict()}
+    doc = {"summary": report_summary(report), **report.to_dict(), "lava_library_graph": library_graph_summary(model.int_graph)}
     (Path(directory) / "loihi2.json").write_text(json.dumps(doc, indent=2))
 
 

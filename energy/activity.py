@@ -18,7 +18,7 @@ import numpy as np
 from medqk import console
 from medqk.convert.activity_format import FORMAT, VERSION, activity_document, graph_sha256
 from medqk.convert.graph import SPIKE, Graph
-from medqk.energy.counting import input_kind, synaptic_nodes, unit_count
+from medqk.energy.counting import exact_macs, input_kind, synaptic_nodes, unit_count
 from medqk.errors import InputError
 
 @dataclasses.dataclass
@@ -38,12 +38,15 @@ class Activity:
     synapses: dict[str, list[int]]
     #: where the activity came from, for the report
     source: str
+    #: spike-fed synaptic node -> nonzero input spikes summed over the images
+    spikes_in: dict[str, int] = dataclasses.field(default_factory=dict)
     #: per image: {"image", "acs", "events"} totals (interpreter runs only)
     per_image: list[dict] = dataclasses.field(default_factory=list)
 
-    def per_image_synapses(self) -> dict[str, tuple[float, float]]:
-        """(ACs, events) per image, the form ``counting.count_layers`` takes."""
-        return {k: (a / self.images, e / self.images) for k, (a, e) in self.synapses.items()}
+    def per_image_synapses(self) -> dict[str, tuple[float, float, float]]:
+        """(ACs, events, nonzero input spikes) per image, the form ``counting.count_layers`` takes."""
+        return {k: (a / self.images, e / self.images, self.spikes_in[k] / self.images)
+                for k, (a, e) in self.synapses.items()}
 
     def firing(self) -> dict[str, dict]:
         """Per population: mean spike value and fraction of neurons with s > 0 (per neuron and image)."""
@@ -65,7 +68,8 @@ def spike_fed_layers(graph: Graph) -> list:
 
 def empty_activity(graph: Graph, source: str) -> Activity:
     pops = {n.name: Population(int(np.prod(n.tensor.shape))) for n in graph.nodes() if n.op.type == "nisf"}
-    return Activity(0, pops, {n.name: [0, 0] for n in spike_fed_layers(graph)}, source)
+    layers = spike_fed_layers(graph)
+    return Activity(0, pops, {n.name: [0, 0] for n in layers}, source, {n.name: 0 for n in layers})
 
 
 def add_image(activity: Activity, graph: Graph, values: dict[str, np.ndarray], label: str) -> None:
@@ -80,6 +84,7 @@ def add_image(activity: Activity, graph: Graph, values: dict[str, np.ndarray], l
         a, e = unit_count(node.op, s), unit_count(node.op, s != 0)
         activity.synapses[node.name][0] += a
         activity.synapses[node.name][1] += e
+        activity.spikes_in[node.name] += int(np.count_nonzero(s))
         acs, events = acs + a, events + e
     activity.images += 1
     activity.per_image.append({"image": label, "acs": acs, "events": events})
@@ -119,9 +124,29 @@ def write_file(path: Path, activity: Activity, graph: Graph) -> Path:
 
 
 def _require(doc: dict, key: str, path: Path, what: str):
+    if not isinstance(doc, dict):
+        raise InputError(f"activity file {path}: {what} is not a JSON object")
     if key not in doc:
         raise InputError(f"activity file {path}: {what} has no {key!r}")
     return doc[key]
+
+
+#: what to do about a count that cannot be right
+RERECORD = "; record the file again with `medqk run --backend lava --activity F`"
+
+
+def _count(doc: dict, key: str, path: Path, what: str, most: int | None = None, why: str = "") -> int:
+    """``doc[key]`` as a count: a non-negative integer (an integral JSON number, not a boolean) of at
+    most ``most``, which ``why`` explains. Anything else would silently change the reported energy."""
+    value = _require(doc, key, path, what)
+    integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not integral or value < 0:
+        raise InputError(f"activity file {path}: {what} has {key} = {json.dumps(value)}, not a count (a non-negative "
+                         f"integer){RERECORD}")
+    if most is not None and value > most:
+        raise InputError(f"activity file {path}: {what} has {key} = {int(value):,}, more than the {most:,} possible "
+                         f"({why}){RERECORD}")
+    return int(value)
 
 
 def from_file(path: Path, graph: Graph) -> Activity:
@@ -139,19 +164,49 @@ def from_file(path: Path, graph: Graph) -> Activity:
     if theirs != mine:
         raise InputError(f"activity file {path} was recorded on another model (model sha256 {theirs[:12]}..., "
                          f"this model is {mine[:12]}...); pass the model directory the Lava run used")
-    images = int(_require(doc, "images", path, "the file"))
+    images = _count(doc, "images", path, "the file")
     if images < 1:
         raise InputError(f"activity file {path} covers {images} images")
     activity = empty_activity(graph, f"Lava activity file {path.name}, {images} image{'s' * (images != 1)}")
     activity.images = images
     pops, syns = _require(doc, "populations", path, "the file"), _require(doc, "synapses", path, "the file")
     for name, pop in activity.populations.items():
-        entry = _require(pops, name, path, "populations")
-        if int(_require(entry, "neurons", path, f"population {name}")) != pop.neurons:
+        entry, what = _require(pops, name, path, "populations"), f"population {name}"
+        if _count(entry, "neurons", path, what) != pop.neurons:
             raise InputError(f"activity file {path}: population {name} has {entry['neurons']} neurons, the model {pop.neurons}")
-        pop.spike_sum = int(_require(entry, "spike_sum", path, f"population {name}"))
-        pop.nonzero = int(_require(entry, "nonzero", path, f"population {name}"))
-    for name in activity.synapses:
-        entry = _require(syns, name, path, "synapses")
-        activity.synapses[name] = [int(_require(entry, k, path, f"synapse {name}")) for k in ("acs", "events")]
+        levels, updates = graph[name].op.levels, pop.neurons * images
+        pop.nonzero = _count(entry, "nonzero", path, what, updates, f"{pop.neurons:,} neurons x {images} image(s)")
+        # every firing neuron sends a spike of 1..D
+        pop.spike_sum = _count(entry, "spike_sum", path, what, levels * pop.nonzero,
+                               f"D = {levels} x {pop.nonzero:,} nonzero spikes")
+        if pop.spike_sum < pop.nonzero:
+            raise InputError(f"activity file {path}: {what} has spike_sum {pop.spike_sum:,} below its {pop.nonzero:,} "
+                             f"nonzero spikes, each at least 1{RERECORD}")
+    for node in spike_fed_layers(graph):
+        name, what = node.name, f"synapse {node.name}"
+        entry, source = _require(syns, name, path, "synapses"), graph[node.inputs[0]]
+        connections = exact_macs(node.op, source.tensor.shape) * images
+        events = _count(entry, "events", path, what, connections, f"{connections // images:,} connections x {images} image(s)")
+        # a spike of s delivers s accumulates per connection: at least 1, at most the population's D
+        levels = source.op.levels if source.op.type == "nisf" else None
+        acs = _count(entry, "acs", path, what, None if levels is None else levels * events,
+                     f"D = {levels} x {events:,} events")
+        if acs < events:
+            raise InputError(f"activity file {path}: {what} has {acs:,} ACs, fewer than its {events:,} synaptic events, "
+                             f"each at least one{RERECORD}")
+        activity.synapses[name] = [acs, events]
+    _input_spikes_from_populations(activity, graph)
     return activity
+
+
+def _input_spikes_from_populations(activity: Activity, graph: Graph) -> None:
+    """Nonzero input spikes of each spike-fed layer, which the file does not carry: its input
+    population's, or (an input that is not a NISF output) events / mean fan-out."""
+    for node in spike_fed_layers(graph):
+        source = node.inputs[0]
+        if source in activity.populations:
+            activity.spikes_in[node.name] = activity.populations[source].nonzero
+        else:
+            in_shape = graph[source].tensor.shape
+            mean_fan_out = exact_macs(node.op, in_shape) / np.prod(in_shape)
+            activity.spikes_in[node.name] = round(activity.synapses[node.name][1] / mean_fan_out)

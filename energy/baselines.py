@@ -8,6 +8,7 @@ read node by node (Conv, ConvTranspose, Gemm, MatMul, Resize) after shape infere
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 from pathlib import Path
 
@@ -37,24 +38,42 @@ class Baseline:
         return macs_by_op(self.layers)
 
 
-def from_module(name: str, module, input_shape: tuple[int, int, int]) -> Baseline:
+def from_module(name: str, module, input_shape: tuple[int, int, int],
+                traced_at: tuple[int, int, int] | None = None) -> Baseline:
     """Trace a torch module at ``input_shape`` (C, H, W) and count it all-MAC; raises the tracer's
-    error (naming the op and module path) for anything the IR cannot represent."""
+    error (naming the op and module path) for anything the IR cannot represent. A fully
+    convolutional module may be traced ``traced_at`` a smaller shape: shape inference then gives
+    its graph the shapes of ``input_shape`` without running it there."""
     from medqk.convert.trace import trace
     from medqk.model import count_parameters
 
     try:
-        traced = trace(module, input_shape)
+        traced = trace(module, traced_at or input_shape)
     except MedqkError as error:
         raise type(error)(f"baseline {name}: {error}") from error
-    thop = sum(thop_counts(traced).values())
+    traced.input.op.shape = tuple(input_shape)
+    thop = sum(thop_counts(traced).values())  # infers the tensors at input_shape
     return Baseline(name, count_parameters(module), count_layers(traced, all_real=True), thop)
 
 
+@functools.lru_cache(maxsize=4)
 def unet(input_shape: tuple[int, int, int]) -> Baseline:
-    from medqk.energy.unet import UNet
+    """The paper's U-Net (it depends on the input shape only, hence cached). Traced at 16x16 (its four
+    poolings' smallest input) with uninitialised weights: running its 30 G MACs at 256x256, or
+    initialising 14.8 M weights, only to learn the shapes would cost more than the SNN's report."""
+    import torch
 
-    return from_module("unet", UNet(in_channels=input_shape[0]), input_shape)
+    from medqk.unet import UNet
+
+    c, h, w = input_shape
+    if h % 16 or w % 16:
+        raise InputError(f"baseline unet: its four 2x2 poolings need H and W divisible by 16, not {h}x{w}")
+    with torch.device("meta"):
+        module = UNet(in_channels=c)
+    module = module.to_empty(device="cpu")
+    for tensor in (*module.parameters(), *module.buffers()):  # only the shapes count; zeros keep the forward cheap
+        tensor.data.zero_()
+    return from_module("unet", module, input_shape, traced_at=(c, 16, 16))
 
 
 def ann_twin(graph: Graph, params: int, thop_macs: int | None) -> Baseline:
@@ -134,7 +153,14 @@ def _onnx_load(path: Path, input_shape: tuple[int, int, int]):
         raise InputError(f"baseline {path}: ONNX shape inference failed ({error})") from None
 
 
-def _onnx_macs(node, shapes: dict[str, list], path: Path) -> int:
+def _axis_taps(n_in: int, n_out: int, k: int, stride: int, pad_begin: int, dilation: int) -> int:
+    """Kernel taps along one axis that land inside the input, summed over the outputs."""
+    pos = np.arange(n_out)[:, None] * stride + np.arange(k)[None, :] * dilation - pad_begin
+    return int(((pos >= 0) & (pos < n_in)).sum())
+
+
+def _onnx_layer(node, index: int, shapes: dict[str, list], path: Path, batch: int) -> LayerCount:
+    """The LayerCount of one counted ONNX node (per image): exact taps and thop's count."""
     def shape(name):
         dims = shapes.get(name)
         if dims is None or any(d is None for d in dims):
@@ -142,19 +168,32 @@ def _onnx_macs(node, shapes: dict[str, list], path: Path) -> int:
         return dims
 
     attrs = {a.name: a for a in node.attribute}
-    if node.op_type == "Conv":  # weight [O, C/g, kh, kw]: outputs x C/g x kh x kw
-        return int(np.prod(shape(node.output[0])) * np.prod(shape(node.input[1])[1:]))
-    if node.op_type == "ConvTranspose":  # weight [C, O/g, kh, kw]: every input reaches O/g x kh x kw
-        return int(np.prod(shape(node.input[0])) * np.prod(shape(node.input[1])[1:]))
-    if node.op_type == "Gemm":
+    ints = lambda key, default: list(attrs[key].ints) if key in attrs else default
+    x, y = shape(node.input[0]), shape(node.output[0])
+    inputs, outputs = int(np.prod(x[1:])), int(np.prod(y[1:]))
+    weights = biases = kernel_positions = 0
+    if node.op_type in ("Conv", "ConvTranspose", "Gemm"):
+        weights = int(np.prod(shape(node.input[1])))
+        biases = int(np.prod(shape(node.input[2]))) if len(node.input) > 2 and node.input[2] else 0
+    if node.op_type == "Conv":  # weight [O, C/g, kh, kw]
+        w = shape(node.input[1])
+        pads, strides, dilations = ints("pads", [0] * 4), ints("strides", [1, 1]), ints("dilations", [1, 1])
+        taps = w[0] * w[1] * int(np.prod([_axis_taps(x[2 + a], y[2 + a], w[2 + a], strides[a], pads[a], dilations[a])
+                                          for a in range(2)]))
+        thop, kernel_positions = outputs * int(np.prod(w[1:])), w[0] * w[2] * w[3]
+    elif node.op_type == "ConvTranspose":  # weight [C, O/g, kh, kw]: every input reaches O/g x kh x kw outputs
+        w = shape(node.input[1])
+        taps, thop, kernel_positions = inputs * int(np.prod(w[1:])), outputs * w[0] * w[2] * w[3], y[1] * w[2] * w[3]
+    elif node.op_type in ("Gemm", "MatMul"):
         a = shape(node.input[0])
-        k = a[0] if "transA" in attrs and attrs["transA"].i else a[1]
-        return int(np.prod(shape(node.output[0])) * k)
-    if node.op_type == "MatMul":
-        return int(np.prod(shape(node.output[0])) * shape(node.input[0])[-1])
-    if node.op_type == "Resize":
-        return _onnx_resize_macs(node, attrs, shape(node.input[0]), shape(node.output[0]), path)
-    raise AssertionError(node.op_type)
+        k = a[0] if "transA" in attrs and attrs["transA"].i else a[-1]
+        taps = int(np.prod(y)) * k // batch
+        thop = taps if node.op_type == "Gemm" else 0  # thop does not see a functional matmul
+    else:  # Resize
+        taps = _onnx_resize_macs(node, attrs, x, y, path) // batch
+        thop = 11 * outputs
+    return LayerCount(node.name or f"{node.op_type}_{index}", node.op_type, REAL, taps, taps, thop,
+                      inputs, outputs, weights, biases, kernel_positions)
 
 
 def _onnx_resize_macs(node, attrs, in_shape, out_shape, path) -> int:
@@ -184,8 +223,7 @@ def from_onnx(path: Path, input_shape: tuple[int, int, int]) -> Baseline:
     layers, weight_names = [], set()
     for index, node in enumerate(g.node):
         if node.op_type in ONNX_COUNTED:
-            macs = _onnx_macs(node, shapes, Path(path)) // batch
-            layers.append(LayerCount(node.name or f"{node.op_type}_{index}", node.op_type, REAL, macs))
+            layers.append(_onnx_layer(node, index, shapes, Path(path), batch))
             if node.op_type != "Resize":  # its other inputs are scales, not weights
                 weight_names.update(node.input[1:])
         elif node.op_type == "BatchNormalization":

@@ -10,6 +10,7 @@ from medqk.errors import InputError
 
 
 def register(subparsers) -> None:
+    from medqk.data.preprocess import PIXEL_DEPTH_RULE
     from medqk.energy.models import DEFAULT, MODELS
 
     p = subparsers.add_parser("energy", help="energy analysis of a model (MACs, ACs, spikes, baselines)",
@@ -24,8 +25,9 @@ def register(subparsers) -> None:
     r.add_argument("model", nargs="?", type=Path,
                    help="a checkpoint (.pt) or a directory written by `medqk convert`; default: the embedded default model")
     source = r.add_mutually_exclusive_group()
-    source.add_argument("--image", type=Path, metavar="PATH", help="one image, or a .npy float32 [C, H, W] network input")
-    source.add_argument("--images", type=Path, metavar="DIR", help="a folder of images (means per image)")
+    source.add_argument("--image", type=Path, metavar="PATH",
+                        help=f"one image ({PIXEL_DEPTH_RULE}), or a .npy float32 [C, H, W] network input")
+    source.add_argument("--images", type=Path, metavar="DIR", help=f"a folder of images (means per image); {PIXEL_DEPTH_RULE}")
     source.add_argument("--activity", type=Path, metavar="F", help="activity file of a Lava run of this model, instead of images")
     r.add_argument("--baseline", action="append", default=[], metavar="B",
                    help="extra baseline: unet, ann-twin, package.module:Class (built without arguments) or a .onnx "
@@ -40,6 +42,9 @@ def register(subparsers) -> None:
     r.add_argument("--html", type=Path, metavar="F",
                    help="write one self-contained HTML page: input and mask, energy charts, firing per NISF population")
     r.set_defaults(func=run_report)
+    from medqk.energy.peers import register as register_peers
+
+    register_peers(sub)
 
 
 def open_subject(path: Path | None, image_size: tuple[int, int] | None):
@@ -106,24 +111,35 @@ def extra_baselines(converted, specs: list[str]) -> list:
 def analyze(converted, activity, energy_model, extra: list, name: str) -> dict:
     """The report of ``converted`` (its integer graph) for ``activity``, with the built-in
     baselines and the ``extra`` ones."""
-    from medqk.convert.trace import trace
     from medqk.energy import baselines as bl
     from medqk.convert.activity_format import graph_sha256
-    from medqk.energy.counting import count_layers, other_ops, thop_counts
+    from medqk.energy.counting import count_layers, other_ops
     from medqk.energy.report import build
-    from medqk.model import MedQKFormer, ModelConfig, count_parameters
 
     graph = converted.int_graph
     input_shape = tuple(graph.input.tensor.shape)
-    # thop's view and the parameter count depend on the architecture only (BatchNorms unfolded)
-    architecture = MedQKFormer(ModelConfig.from_dict(converted.meta.get("model_config", {})))
-    thop = sum(thop_counts(trace(architecture, input_shape)).values())
-    params = count_parameters(architecture)
+    params, thop = architecture_figures(converted)
     baselines = [bl.ann_twin(graph, params, thop), bl.unet(input_shape), *extra]
     model = {"name": name, "input_shape": list(input_shape), "params": params, "thop_macs": thop,
              "sha256": graph_sha256(graph)}
     layers = count_layers(graph, activity.per_image_synapses())
-    return build(model, layers, other_ops(graph), activity, energy_model, baselines)
+    return build(model, layers, other_ops(graph), activity, energy_model, baselines, graph)
+
+
+def architecture_figures(converted) -> tuple[int, int]:
+    """(parameters, thop's count) of the converted network: as recorded from the traced module at
+    conversion, or, for a model directory written before they were recorded, from its float graph
+    (BatchNorms folded: fewer parameters, and thop's BatchNorm count missing)."""
+    import copy
+
+    from medqk.energy.counting import thop_counts
+
+    recorded = converted.meta.get("architecture")
+    if recorded is not None:
+        return int(recorded["parameters"]), int(recorded["thop_macs"])
+    graph = copy.deepcopy(converted.float_graph)
+    params = sum(int(a.size) for node in graph.nodes() for a in node.op.arrays().values())
+    return params, sum(thop_counts(graph).values())
 
 
 class _keeping_first:
@@ -158,11 +174,12 @@ def run_report(args) -> int:
     from medqk.energy import activity as act
     from medqk.energy.models import get_model
     from medqk.energy.report import PLOT_SUFFIXES, format_markdown, format_terminal, plot
+    from medqk.outputs import check_files, write_files
 
     energy_model = get_model(args.energy_model)
     first_image = None
-    if args.plot and args.plot.suffix.lower() not in PLOT_SUFFIXES:
-        raise InputError(f"--plot {args.plot}: use a file name ending in {', '.join(PLOT_SUFFIXES)}")
+    check_files({"--json": args.json, "--markdown": args.markdown, "--plot": args.plot, "--html": args.html},
+                suffixes={"--plot": PLOT_SUFFIXES})
     converted = open_subject(args.model, tuple(args.image_size) if args.image_size else None)
     extra = extra_baselines(converted, args.baseline)  # a bad baseline fails before the images run
     if args.activity:
@@ -177,11 +194,11 @@ def run_report(args) -> int:
     name = args.model.name if args.model else "default model"
     report = analyze(converted, activity, energy_model, extra, name)
     console.info(format_terminal(report))
-    for path, write in ((args.json, lambda p: p.write_text(json.dumps(report, indent=2))),
-                        (args.markdown, lambda p: p.write_text(format_markdown(report))),
-                        (args.plot, lambda p: plot(report, p)),
-                        (args.html, lambda p: write_html(p, report, converted, first_image))):
+    write_files({args.json: lambda p: p.write_text(json.dumps(report, indent=2)),
+                 args.markdown: lambda p: p.write_text(format_markdown(report)),
+                 args.plot: lambda p: plot(report, p),
+                 args.html: lambda p: write_html(p, report, converted, first_image)})
+    for path in (args.json, args.markdown, args.plot, args.html):
         if path:
-            write(path)
             console.info(f"wrote {path}")
     return 0

@@ -1,19 +1,21 @@
 """Operation counts on the spike-graph IR, by the conventions of ``../shared/spec/energy-conventions.md``.
 
-A synaptic layer (convolution, transposed convolution, fixed bilinear upsampling) is classified by
+One tap rule for every network (SNN, ANN twin, U-Net, any baseline): **exact taps**, the connections
+that exist, borders and strides included (a kernel tap on zero padding is not an operation). A
+synaptic layer (convolution, transposed convolution, fixed bilinear upsampling) is classified by
 the kind of its input tensor:
 
-- real input: every connection is a multiply-accumulate; MACs = ``op.dense_macs`` (convolution:
-  outputs x C_in/groups x kh x kw, bias excluded, as thop counts; transposed convolution: inputs x
-  C_out x kh x kw, its true MACs; upsampling: 2 taps per output along H, then 2 along W, the
-  multiply-adds of the separable form);
+- real input: every connection is a multiply-accumulate; MACs = ``exact_macs`` (convolution: the
+  sum over outputs of the in-bounds taps x C_in/groups; transposed convolution: inputs x C_out x kh
+  x kw within the output; upsampling: 2 taps per output along H, then 2 along W, the separable form);
 - spike input (integer NISF spikes s in 0..D): ACs = sum over input elements of s x fan-out (the
-  unit-spike convention, exact at borders and strides), events = the same sum with s -> [s > 0]
-  (the graded-spike convention). Both need the spike map, so they come from an ``Activity``.
+  unit-spike convention), events = the same sum with s -> [s > 0] (the graded-spike convention),
+  with the same exact fan-out. Both need the spike map, so they come from an ``Activity``.
 
-Everything else is counted per image in its own category (``other_ops``), never in MACs or ACs.
-``thop_counts`` applies thop's own rules to a traced (unfolded) graph, to reproduce the figures the
-paper quotes as "GFLOPs".
+``thop_macs`` keeps thop's rule beside it (every kernel tap, padding included), for comparison with
+papers. Everything else is counted per image in its own category (``other_ops``), never in MACs or
+ACs. ``thop_counts`` applies thop's own rules to a traced graph, to reproduce the figures the paper
+quotes as "GFLOPs".
 """
 from __future__ import annotations
 
@@ -22,21 +24,42 @@ from typing import Mapping
 
 import numpy as np
 
+from medqk.convert import elementwise as ew
+from medqk.convert import neurons
+from medqk.convert import synapses as syn
 from medqk.convert.graph import REAL, SPIKE, Graph, Node
+from medqk.convert.io import Input
+from medqk.convert.op import rule
 from medqk.convert.passes import infer_tensors
 from medqk.convert.synapses import fan_out
 
 
 @dataclasses.dataclass
 class LayerCount:
-    """One synaptic layer's operations per image (ACs and events are means over the images)."""
+    """One synaptic layer's operations per image (ACs, events, spikes_in: means over the images),
+    with the sizes a memory-traffic model needs."""
 
     name: str
     op: str
     input_kind: str
+    #: multiply-accumulates, exact taps (0 for a spike-fed layer)
     macs: int
+    #: the layer's connections (exact taps): its MACs if its input were real
+    taps: int
+    #: thop's count of the layer, spikes or not (every kernel tap, padding included)
+    thop_macs: int
+    #: elements of the input and output maps, stored weights and bias values (one bias is read and
+    #: added per output when there are any)
+    inputs: int
+    outputs: int
+    weights: int
+    biases: int
+    #: output channels x kernel positions: the weight addresses a dense layer walks through
+    kernel_positions: int
     acs: float = 0.0
     events: float = 0.0
+    #: nonzero input spikes (spike-fed layers)
+    spikes_in: float = 0.0
 
 
 def synaptic_nodes(graph: Graph) -> list[Node]:
@@ -58,21 +81,38 @@ def unit_count(op, values: np.ndarray) -> int:
     return int(per_channel * (fh @ plane @ fw))
 
 
-def count_layers(graph: Graph, spike_counts: Mapping[str, tuple[float, float]] | None = None,
+def exact_macs(op, in_shape: tuple[int, int, int]) -> int:
+    """A layer's connections on a real input: the sum over input elements of their exact fan-out
+    (taps on padding excluded). Upsampling keeps its separable form (it has no padding)."""
+    if op.type == "upsample":
+        return op.dense_macs(in_shape)
+    per_channel, fh, fw = fan_out(op, in_shape)
+    return int(in_shape[0] * per_channel * fh.sum() * fw.sum())
+
+
+def _layer(graph: Graph, node: Node, kind: str, spikes: tuple[float, float, float] | None) -> LayerCount:
+    op, in_shape = node.op, graph[node.inputs[0]].tensor.shape
+    taps = exact_macs(op, in_shape)
+    outputs = _elements(node.tensor.shape)
+    weight = getattr(op, "weight", None)  # upsampling: fixed interpolation weights, none stored
+    kernel_positions = 0 if weight is None else op.out_channels * int(np.prod(op.kernel))
+    acs, events, spikes_in = spikes or (0.0, 0.0, 0.0)
+    return LayerCount(node.name, op.type, kind, 0 if kind == SPIKE else taps, taps, _thop_count(graph, node),
+                      _elements(in_shape), outputs, 0 if weight is None else int(weight.size),
+                      0 if getattr(op, "bias", None) is None else int(op.bias.size), kernel_positions, acs, events, spikes_in)
+
+
+def count_layers(graph: Graph, spike_counts: Mapping[str, tuple[float, float, float]] | None = None,
                  all_real: bool = False) -> list[LayerCount]:
-    """One ``LayerCount`` per synaptic node. ``spike_counts`` gives (ACs, events) per image for the
-    spike-fed layers (``Activity.synapses``); ``all_real`` counts every layer as MACs (the ANN twin)."""
+    """One ``LayerCount`` per synaptic node. ``spike_counts`` gives (ACs, events, nonzero input
+    spikes) per image for the spike-fed layers (``Activity.per_image_synapses``); ``all_real``
+    counts every layer as MACs (the ANN twin)."""
     layers = []
     for node in synaptic_nodes(graph):
         kind = REAL if all_real else input_kind(graph, node)
-        in_shape = graph[node.inputs[0]].tensor.shape
-        if kind == SPIKE:
-            if spike_counts is None or node.name not in spike_counts:
-                raise ValueError(f"no spike activity for the spike-fed layer {node.name}")
-            acs, events = spike_counts[node.name]
-            layers.append(LayerCount(node.name, node.op.type, kind, 0, acs, events))
-        else:
-            layers.append(LayerCount(node.name, node.op.type, kind, node.op.dense_macs(in_shape)))
+        if kind == SPIKE and (spike_counts is None or node.name not in spike_counts):
+            raise ValueError(f"no spike activity for the spike-fed layer {node.name}")
+        layers.append(_layer(graph, node, kind, spike_counts[node.name] if kind == SPIKE else None))
     return layers
 
 
@@ -89,33 +129,66 @@ def _elements(shape) -> int:
     return int(np.prod(shape))
 
 
-def _other_op(graph: Graph, node: Node) -> tuple[str, int] | None:
-    """(category, count per image) of a non-synaptic node, or None for pure data movement."""
-    t, op = node.tensor, node.op
-    n = _elements(t.shape)
-    ins = [graph[i].tensor for i in node.inputs]
-    if op.type == "nisf":
-        return "neuron_updates", n
-    if op.type == "add":
-        return "additions", (len(ins) - 1) * n
-    if op.type == "group_sum":  # the channel sums of SDQK's heads
-        return "additions", _elements(ins[0].shape) - n
-    if op.type == "mul":
-        spikes = all(x.kind == SPIKE for x in ins)
-        return ("spike_products" if spikes else "real_products"), n
-    if op.type in ("affine", "batchnorm"):  # a per-channel multiply and add
-        return "affine", n
-    if op.type == "complement":
-        return "complements", n
-    if op.type == "sigmoid":
-        return "output_nonlinearity", n
-    if op.type == "relu":
-        return "relu", n
-    if op.type == "maxpool2d":
-        return "pooling_comparisons", n * (op.kernel * op.kernel - 1)
-    if op.synaptic and getattr(op, "bias", None) is not None:
-        return "bias_additions", n
+def _neuron_updates(op, ins, n):
+    return "neuron_updates", n
+
+
+def _additions(op, ins, n):
+    return "additions", (len(ins) - 1) * n
+
+
+def _group_sums(op, ins, n):  # the channel sums of SDQK's heads
+    return "additions", _elements(ins[0].shape) - n
+
+
+def _products(op, ins, n):
+    return ("spike_products" if all(x.kind == SPIKE for x in ins) else "real_products"), n
+
+
+def _affine(op, ins, n):  # a per-channel multiply and add
+    return "affine", n
+
+
+def _complements(op, ins, n):
+    return "complements", n
+
+
+def _output_nonlinearity(op, ins, n):
+    return "output_nonlinearity", n
+
+
+def _relu(op, ins, n):
+    return "relu", n
+
+
+def _pooling(op, ins, n):
+    return "pooling_comparisons", n * (op.kernel * op.kernel - 1)
+
+
+def _bias_additions(op, ins, n):
+    return ("bias_additions", n) if getattr(op, "bias", None) is not None else None
+
+
+def _data_movement(op, ins, n):
     return None
+
+
+#: op class -> (category, count per image) of its work besides synaptic MACs and ACs, or None for
+#: pure data movement (synaptic work itself is counted from ``synapses.FAN_OUT``)
+OTHER_OPS = {
+    Input: _data_movement, syn.Conv2d: _bias_additions, syn.ConvTranspose2d: _bias_additions,
+    syn.Upsample: _bias_additions, neurons.NISF: _neuron_updates, neurons.ReLU: _relu,
+    neurons.Sigmoid: _output_nonlinearity, neurons.Softmax: _output_nonlinearity, ew.Add: _additions,
+    ew.Mul: _products, ew.Affine: _affine, ew.BatchNorm: _affine, ew.Complement: _complements,
+    ew.GroupSum: _group_sums, ew.GroupBroadcast: _data_movement, ew.Concat: _data_movement,
+    ew.ChannelSlice: _data_movement, ew.MaxPool2d: _pooling,
+}
+
+
+def _other_op(graph: Graph, node: Node) -> tuple[str, int] | None:
+    """(category, count per image) of a node's non-synaptic work, or None for pure data movement."""
+    counter = rule(OTHER_OPS, node.op, "energy count")
+    return counter(node.op, [graph[i].tensor for i in node.inputs], _elements(node.tensor.shape))
 
 
 def other_ops(graph: Graph) -> dict[str, int]:
@@ -136,7 +209,7 @@ def other_ops(graph: Graph) -> dict[str, int]:
 #: ReLU, MaxPool2d = 0; functional calls (+, *, torch.cat, torch.sigmoid, F.interpolate) and
 #: modules without a rule (NISF) are not counted at all.
 THOP_WHY = {
-    "conv2d": "same rule (outputs x C_in/groups x k^2)",
+    "conv2d": "thop counts every kernel tap (outputs x C_in/groups x k^2), the taps on zero padding included",
     "conv_transpose2d": "thop sizes it by its output: 4x the true MACs of a 2x2 stride-2 up-convolution",
     "batchnorm": "thop: 4 per element; here folded into the preceding convolution (free) or an affine (other_ops)",
     "upsample": "thop: 11 per output (an nn.Upsample module; F.interpolate would count 0); here 2 taps per axis, separable",
@@ -177,5 +250,5 @@ def thop_reconciliation(traced: Graph) -> list[dict]:
                                              "why": THOP_WHY[node.op.type]})
         row["thop"] += thop[node.name]
         if node.op.synaptic:
-            row["analyzer_macs"] += node.op.dense_macs(traced[node.inputs[0]].tensor.shape)
+            row["analyzer_macs"] += exact_macs(node.op, traced[node.inputs[0]].tensor.shape)
     return list(rows.values())

@@ -2,7 +2,7 @@
 baselines (U-Net included), firing per NISF population, and the conventions used."""
 from __future__ import annotations
 
-from medqk.energy.report import energy, si
+from medqk.energy.report import baseline_table, draw_layers, energy, si
 from medqk.htmlpage import Section, chart, figure_png, table
 
 
@@ -13,21 +13,18 @@ def _layer_chart(report: dict) -> bytes:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    rows = report["layers"]
     baselines = {b["name"]: b for b in report["baselines"]}
-    x = np.arange(len(rows))
     fig, (ax, ax_total) = plt.subplots(1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [4, 1]})
-    ax.bar(x - 0.2, [r["ann_twin_energy_pj"] / 1e6 for r in rows], 0.4, label="ANN twin (all MACs)", color="#4e79a7")
-    ax.bar(x + 0.2, [r["energy_pj"] / 1e6 for r in rows], 0.4, label="SNN (spike-fed layers as ACs)", color="#f28e2b")
-    ax.set_yscale("log")
-    ax.set_ylabel("energy per image (uJ)")
-    ax.set_xticks(x, [r["name"] for r in rows], rotation=90, fontsize=5)
-    ax.legend(fontsize=8)
+    draw_layers(ax, report)
     ax.set_title("per synaptic layer", fontsize=10)
     names = ["SNN", *baselines]
-    totals = [report["totals"]["energy_pj"] / 1e6, *(b["energy_pj"] / 1e6 for b in baselines.values())]
+    networks = [report["totals"], *baselines.values()]
+    compute = np.array([n["compute_pj"] for n in networks]) / 1e6
+    memory = np.array([n["memory_pj"] for n in networks]) / 1e6
     colors = ["#f28e2b", *("#4e79a7" if n == "ann-twin" else "#76b7b2" if n == "unet" else "#bab0ac" for n in baselines)]
-    ax_total.bar(names, totals, color=colors)
+    ax_total.bar(names, compute, color=colors)
+    if memory.any():
+        ax_total.bar(names, memory, bottom=compute, color=colors, alpha=0.45, hatch="///", edgecolor="white")
     ax_total.set_yscale("log")
     ax_total.set_title("whole network", fontsize=10)
     ax_total.tick_params(axis="x", rotation=45, labelsize=8)
@@ -60,21 +57,16 @@ def _firing_chart(report: dict) -> bytes:
 
 
 def energy_sections(report: dict) -> list[Section]:
-    t = report["totals"]
-    snn = t["energy_pj"]
-    comparison = [[f"{report['model']['name']} (SNN)", report["model"]["params"], t["macs"], t["acs"], energy(snn), "1.00"]]
-    comparison += [[b["name"], b["params"], b["macs"], 0, energy(b["energy_pj"]), f"{b['energy_pj'] / snn:.2f}" if snn else "-"]
-                   for b in report["baselines"]]
     em = report["energy_model"]
     energy_section = Section("Energy: SNN vs ANN twin vs U-Net").add(
         f"<p>{em['title']}: MAC {em['e_mac_pj']} pJ, spike op {em['e_spike_op_pj']} pJ ({em['source']}). "
         f"Activity: {report['activity']['source']}, {report['activity']['images']} image(s).</p>"
-    ).add(table(["network", "params", "MACs", "ACs", "energy / image", "x SNN"], comparison)
+    ).add(table(*baseline_table(report))
     ).add(chart(_layer_chart(report), "per-layer energy"))
     firing_section = Section("Firing per NISF population").add(
         f"<p>{len(report['firing'])} populations. Bars: fraction of neurons with a nonzero spike; dots: mean "
         "integer spike value over D.</p>").add(chart(_firing_chart(report), "firing rates"))
-    notes = "".join(f"<li>{c}</li>" for c in report["conventions"])
+    notes = "".join(f"<li><b>{name}</b>: {rule}</li>" for name, rule in report["conventions"].items())
     other = ", ".join(f"{k.replace('_', ' ')} {si(v)}" for k, v in report["other_ops"].items())
     conventions = Section("What the counts mean").add(f"<ul class=\"note\">{notes}</ul><p class=\"note\">Other operations "
                                                       f"per image (not priced in the synaptic total): {other}.</p>")

@@ -2,9 +2,13 @@
 
 A medqk checkpoint is a dict saved with ``torch.save``::
 
-    {"format": "medqk-checkpoint", "format_version": 1,
-     "config": ModelConfig.to_dict(), "preprocessing": Preprocessing.to_dict(),
+    {"format": "medqk-checkpoint", "format_version": 1, "network": "medqkformer" | "unet",
+     "config": the network's config.to_dict(), "preprocessing": Preprocessing.to_dict(),
      "training": {...}, "state_dict": {...}, ["resume": {...}]}
+
+``network`` names the network (``medqk.networks``); a file without it (written before the U-Net
+could be trained) holds MedQKFormer. Convert, run and the energy report take MedQKFormer only,
+so loading refuses other networks unless the caller names them in ``networks``.
 
 A bare state_dict (what the reference training script saves) carries no configuration: widths,
 input and output channels are read from tensor shapes; NISF levels are taken as 4 and the
@@ -29,6 +33,7 @@ from medqk.data.layouts import name_list
 from medqk.data.preprocess import Preprocessing
 from medqk.errors import CheckpointError
 from medqk.model import MedQKFormer, ModelConfig
+from medqk.networks import MEDQKFORMER, NETWORKS, build_network, display_name, network_name
 
 FORMAT = "medqk-checkpoint"
 FORMAT_VERSION = 1
@@ -36,7 +41,7 @@ ZIP_MAGIC = b"PK\x03\x04"      # torch.save's format since torch 1.6
 PICKLE_MAGIC = b"\x80"          # the legacy format: a bare pickle stream
 
 
-def save_checkpoint(path: str | Path, model: MedQKFormer, preprocessing: Preprocessing | None = None,
+def save_checkpoint(path: str | Path, model: torch.nn.Module, preprocessing: Preprocessing | None = None,
                     training: dict | None = None, resume: dict | None = None) -> Path:
     """Write a medqk checkpoint atomically: a crash leaves the old file (or none), never half a file.
 
@@ -47,6 +52,7 @@ def save_checkpoint(path: str | Path, model: MedQKFormer, preprocessing: Preproc
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
+        "network": network_name(model),
         "config": model.config.to_dict(),
         "preprocessing": (preprocessing or Preprocessing()).to_dict(),
         "training": training or {},
@@ -76,14 +82,15 @@ def _umask() -> int:
 
 
 def load_checkpoint(path: str | Path) -> MedQKFormer:
-    """The model of a checkpoint (either format), in eval mode on the CPU."""
+    """The MedQKFormer of a checkpoint (either format), in eval mode on the CPU."""
     return load_checkpoint_payload(path)[0]
 
 
-def load_checkpoint_payload(path: str | Path) -> tuple[MedQKFormer, dict]:
+def load_checkpoint_payload(path: str | Path, networks: tuple[str, ...] = (MEDQKFORMER,)) -> tuple[torch.nn.Module, dict]:
     """The model (eval mode) and the checkpoint's metadata: ``format`` ("medqk" or
-    "bare-state-dict"), ``format_version`` (None for bare), ``config``, ``preprocessing``,
-    ``training``, ``resume`` (None unless saved), ``sha256`` of the file and ``path``."""
+    "bare-state-dict"), ``format_version`` (None for bare), ``network``, ``config``,
+    ``preprocessing``, ``training``, ``resume`` (None unless saved), ``sha256`` of the file and
+    ``path``. A checkpoint of a network not in ``networks`` is refused."""
     path = Path(path)
     payload = read_payload(path)
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
@@ -93,12 +100,17 @@ def load_checkpoint_payload(path: str | Path) -> tuple[MedQKFormer, dict]:
         metadata = {
             "format": "bare-state-dict",
             "format_version": None,
+            "network": MEDQKFORMER,
             "config": infer_config(path, state_dict).to_dict(),
             "preprocessing": Preprocessing().to_dict(),
             "training": {},
             "resume": None,
         }
-    model = _build_model(path, _config(path, metadata["config"]), state_dict)
+    network = metadata["network"]
+    if network not in networks:
+        raise CheckpointError(f"{path}: a {display_name(network)} checkpoint; this takes "
+                              f"{' or '.join(display_name(n) for n in networks)} only")
+    model = _build_model(path, network, metadata["config"], state_dict)
     metadata.update(sha256=file_sha256(path), path=str(path))
     return model, metadata
 
@@ -150,9 +162,13 @@ def _medqk_contents(path: Path, payload: dict) -> tuple[dict, dict]:
     missing = [key for key in ("config", "preprocessing", "state_dict") if key not in payload]
     if missing:
         raise CheckpointError(f"{path}: medqk checkpoint without {', '.join(missing)}")
+    network = payload.get("network", MEDQKFORMER)
+    if network not in NETWORKS:
+        raise CheckpointError(f"{path}: unknown network {network!r}; this medqk knows {', '.join(NETWORKS)} (update medqk)")
     metadata = {
         "format": "medqk",
         "format_version": version,
+        "network": network,
         "config": payload["config"],
         "preprocessing": payload["preprocessing"],
         "training": payload.get("training", {}),
@@ -205,22 +221,18 @@ def infer_config(path: Path, state_dict: dict) -> ModelConfig:
         raise CheckpointError(f"{path}: the tensor shapes give an impossible configuration: {error}") from None
 
 
-def _config(path: Path, record) -> ModelConfig:
+def _build_model(path: Path, network: str, config: dict, state_dict: dict) -> torch.nn.Module:
     try:
-        return ModelConfig.from_dict(record)
+        model = build_network(network, config)
     except (TypeError, ValueError, AttributeError) as error:
-        raise CheckpointError(f"{path}: the recorded model configuration {record!r} is invalid: {error}") from None
-
-
-def _build_model(path: Path, config: ModelConfig, state_dict: dict) -> MedQKFormer:
-    model = MedQKFormer(config)
-    _check_keys(path, model.state_dict(), state_dict)
+        raise CheckpointError(f"{path}: the recorded model configuration {config!r} is invalid: {error}") from None
+    _check_keys(path, display_name(network), model.state_dict(), state_dict)
     _check_finite(path, state_dict)
     model.load_state_dict(state_dict, strict=True)
     return model.eval()
 
 
-def _check_keys(path: Path, expected: dict, found: dict) -> None:
+def _check_keys(path: Path, network: str, expected: dict, found: dict) -> None:
     missing = sorted(expected.keys() - found.keys())
     unexpected = sorted(found.keys() - expected.keys())
     if missing or unexpected:
@@ -229,7 +241,7 @@ def _check_keys(path: Path, expected: dict, found: dict) -> None:
             problems.append(f"{len(missing)} missing key(s): {name_list(missing)}")
         if unexpected:
             problems.append(f"{len(unexpected)} unexpected key(s): {name_list(unexpected)}")
-        raise CheckpointError(f"{path}: does not fit MedQKFormer: {'; '.join(problems)}")
+        raise CheckpointError(f"{path}: does not fit {network}: {'; '.join(problems)}")
     wrong = [(key, tuple(expected[key].shape), tuple(found[key].shape))
              for key in expected if expected[key].shape != found[key].shape]
     if wrong:

@@ -52,7 +52,8 @@ def default_training_options(out: Path):
     from medqk.train import TrainOptions
 
     return TrainOptions(data="synthetic", image_size=DEFAULT_SIZE, widths=DEFAULT_WIDTHS, epochs=DEFAULT_MAX_EPOCHS,
-                        seed=DEFAULT_SEED, device="cpu", target_dice=DEFAULT_TARGET_DICE, augment=False, out=out)
+                        seed=DEFAULT_SEED, device="cpu", target_dice=DEFAULT_TARGET_DICE, augment=False, out=out,
+                        recipe="paper")
 
 
 def build_default(out_path: str | Path | None = None) -> Path:

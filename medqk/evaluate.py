@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from medqk import console
 from medqk.data import PairDataset, Preprocessing, SegmentationDataset, load_split, synthetic_validation_set
 from medqk.metrics import METRIC_NAMES, image_losses, image_metrics, mean_metrics
+from medqk.outputs import write_files
 
 
 @dataclass
@@ -74,15 +75,22 @@ def evaluate(model: torch.nn.Module, dataset: SegmentationDataset, device: torch
     return Evaluation(list(dataset.names), per_image, torch.cat(losses))
 
 
-def evaluation_dataset(data: str, prep: Preprocessing, layout: str = "auto", split: str = "val",
-                       val_fraction: float = 0.2, seed: int = 41, synthetic_count: int = 16) -> SegmentationDataset:
-    """The images to evaluate: a dataset folder's validation part (the one training held out with
-    the same fraction and seed) or all of it; for ``synthetic``, the synthetic validation stream."""
+def evaluation_dataset(data: str, prep: Preprocessing, layout: str = "auto", split: str = "all",
+                       val_fraction: float = 0.2, seed: int = 41,
+                       synthetic_count: int = 16) -> tuple[SegmentationDataset, str]:
+    """The images to evaluate and which share of ``data`` they are, for the user to read: a dataset
+    folder's every image (``split="all"``, as the paper's test script scores a test folder) or its
+    validation part (the one training held out with the same fraction and seed); for
+    ``synthetic``, the synthetic validation stream."""
     if data == "synthetic":
-        return synthetic_validation_set(synthetic_count, prep.size, seed)
+        dataset = synthetic_validation_set(synthetic_count, prep.size, seed)
+        return dataset, f"{len(dataset)} synthetic validation images (stream {seed + 1})"
     pairs = load_split(data, layout, val_fraction, seed)
-    chosen = pairs.val if split == "val" else sorted(pairs.train + pairs.val, key=lambda pair: pair.name)
-    return PairDataset(chosen, prep)
+    every = sorted(pairs.train + pairs.val, key=lambda pair: pair.name)
+    if split == "all":
+        return PairDataset(every, prep), f"all {len(every)} images of {data}"
+    return PairDataset(pairs.val, prep), (f"the validation share of {data}: {len(pairs.val)} of its {len(every)} images "
+                                          "(--split all scores every image)")
 
 
 def write_prediction_pngs(folder: Path, name: str, image: np.ndarray, mask: np.ndarray, probability: np.ndarray,
@@ -119,5 +127,4 @@ def outline(region: np.ndarray) -> np.ndarray:
 
 
 def write_json(path: Path, record: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    write_files({path: lambda p: p.write_text(json.dumps(record, indent=2) + "\n")})

@@ -31,14 +31,17 @@ def test_convert_prints_a_summary(tmp_path, capsys):
     assert "input 32x32" in out
 
 
-def test_convert_refuses_a_non_empty_directory_unless_forced(tmp_path, capsys):
+def test_convert_replaces_only_a_model_directory_and_only_with_force(tmp_path, capsys):
     target = tmp_path / "m"
     target.mkdir()
     (target / "mine.txt").write_text("keep")
-    assert main(["convert", "-o", str(target), "--calibration-count", "1"]) == 2
+    assert main(["convert", "-o", str(target), "--calibration-count", "1", "--image-size", "32", "32"]) == 2
     assert "not empty" in capsys.readouterr().err and (target / "mine.txt").exists()
-    assert main(["-q", "convert", "-o", str(target), "--calibration-count", "1", "--force"]) == 0
-    assert not (target / "mine.txt").exists()
+    assert main(["convert", "-o", str(target), "--calibration-count", "1", "--image-size", "32", "32", "--force"]) == 2
+    assert "not a medqk model directory" in capsys.readouterr().err and (target / "mine.txt").exists()
+    (target / "mine.txt").unlink()
+    assert main(["-q", "convert", "-o", str(target), "--calibration-count", "1", "--image-size", "32", "32"]) == 0
+    assert main(["-q", "convert", "-o", str(target), "--calibration-count", "1", "--image-size", "32", "32", "--force"]) == 0
 
 
 def test_convert_error_on_unreadable_checkpoint_leaves_nothing(tmp_path, capsys):

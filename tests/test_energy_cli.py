@@ -7,7 +7,7 @@ from PIL import Image
 
 from medqk.checkpoint import save_checkpoint
 from medqk.cli import main
-from medqk.convert.pipeline import convert_module
+from medqk.convert.pipeline import convert_graphs
 from medqk.data.preprocess import Preprocessing
 from medqk.energy import activity as act
 from medqk.energy.commands import open_subject
@@ -84,7 +84,7 @@ def test_bad_inputs_end_with_a_clear_message(model_dir, tmp_path, capsys, extra,
 
 
 def test_activity_file_of_another_model_is_refused(model_dir, tmp_path, capsys):
-    other = convert_module(small_model(seed=1), (SIZE, SIZE), random_images(1, SIZE), {})[0]
+    other = convert_graphs(small_model(seed=1), (3, SIZE, SIZE), random_images(1, SIZE), {})[0]
     activity = act.from_images(other.int_graph, [("x", random_images(1, SIZE)[0])], 1)
     path = act.write_file(tmp_path / "activity.json", activity, other.int_graph)
     assert main(["-q", "energy", "report", str(model_dir), "--activity", str(path)]) == 2

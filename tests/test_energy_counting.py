@@ -45,8 +45,9 @@ def tiny_counts():
 
 def test_hand_computed_tiny_network():
     layers, activity, _ = tiny_counts()
-    # stem: real input, 16 outputs x 1 input channel x 1x1 kernel.
+    # stem: real input, 16 outputs x 1 input channel x 1x1 kernel (no padding: both rules agree).
     assert (layers["stem"].input_kind, layers["stem"].macs, layers["stem"].acs) == ("real", 16, 0)
+    assert layers["stem"].thop_macs == 16
     # conv: 3x3, stride 2, padding 1 on 4x4 -> 2x2 outputs. Output row o reads input rows 2o-1..2o+1,
     # so input rows 0..3 reach 1, 2, 1, 1 output rows (row 1 is read by both; row -1 is padding);
     # the same along columns. Fan-out of (i, j) per output channel = fh[i] * fw[j]:
@@ -58,11 +59,34 @@ def test_hand_computed_tiny_network():
     # events = 2 channels x (1 + 1 + 4 + 1 + 1) = 16 (each nonzero spike once per connection)
     conv = layers["conv"]
     assert (conv.input_kind, conv.macs, conv.acs, conv.events) == ("spike", 0, 34, 16)
+    # its connections, exact taps: the fan-outs above summed (25) x 2 output channels; thop's rule
+    # counts every tap of the 2x2 outputs, padding included: 4 x 9 x 2
+    assert (conv.taps, conv.thop_macs, conv.spikes_in) == (2 * 25, 2 * 36, 5)
     # up: real input [2, 2, 2] -> [2, 4, 4]; separable, 2 taps per output along H ([2, 4, 2] = 16
     # outputs), then 2 taps per output along W ([2, 4, 4] = 32 outputs): 2*16 + 2*32 = 96
     assert (layers["up"].input_kind, layers["up"].macs) == ("real", 96)
     firing = activity.firing()["nisf"]
     assert firing["mean_spike"] == pytest.approx(11 / 16) and firing["fraction_nonzero"] == pytest.approx(5 / 16)
+
+
+def test_both_tap_rules_by_hand_on_a_3x3_padding_1_convolution():
+    """3x3 pad-1 conv, 2 -> 3 channels, on a real 4x4 input. Exact taps per output: 4 at the
+    corners, 6 on the edges, 9 inside: 4*4 + 8*6 + 4*9 = 100 per channel pair; thop: 16 x 9 = 144.
+    With stride 2 (2x2 outputs): 4 + 6 + 6 + 9 = 25 against 4 x 9 = 36."""
+    for stride, exact, thop in ((1, 100, 144), (2, 25, 36)):
+        graph = prepare(trace(nn.Sequential(nn.Conv2d(2, 3, 3, stride=stride, padding=1)), (2, 4, 4)))
+        [layer] = count_layers(graph, all_real=True)
+        assert (layer.macs, layer.taps, layer.thop_macs) == (6 * exact, 6 * exact, 6 * thop)
+
+
+def test_exact_taps_equal_an_all_ones_convolution_of_an_all_ones_input():
+    for stride, padding, kernel, groups in ((1, 1, 3, 1), (2, 1, 3, 2), (3, 2, 5, 4), (2, 0, 2, 1)):
+        conv = nn.Conv2d(8, 4, kernel, stride=stride, padding=padding, groups=groups)
+        graph = prepare(trace(nn.Sequential(conv), (8, 11, 9)))
+        [layer] = count_layers(graph, all_real=True)
+        ones = torch.ones(4, 8 // groups, kernel, kernel, dtype=torch.float64)
+        taps = F.conv2d(torch.ones(1, 8, 11, 9, dtype=torch.float64), ones, stride=stride, padding=padding, groups=groups)
+        assert layer.macs == taps.sum().item()
 
 
 def test_unit_count_equals_an_all_ones_convolution_with_borders_and_strides():
@@ -118,8 +142,9 @@ def test_snn_counts_equal_an_independent_count_over_torch_nisf_outputs():
                 ones = torch.ones_like(m.weight)
                 count = lambda v: F.conv2d(v, ones, None, m.stride, m.padding, 1, m.groups).sum().item()
                 acs, events = acs + count(s), events + count((s > 0).double())
-            else:
-                macs += y[0].numel() * m.weight[0].numel()
+            else:  # exact taps: an all-ones convolution of an all-ones map
+                ones = torch.ones_like(m.weight)
+                macs += F.conv2d(torch.ones_like(x), ones, None, m.stride, m.padding, 1, m.groups).sum().item()
         expected[name] = (macs / len(images), acs / len(images), events / len(images))
     for h in hooks:
         h.remove()
@@ -131,3 +156,21 @@ def test_snn_counts_equal_an_independent_count_over_torch_nisf_outputs():
     assert sum(e[1] for e in expected.values()) > 0  # the images do make spikes
     for name in expected:
         assert got[name] == pytest.approx(expected[name], rel=0, abs=0), name
+
+
+def test_chip_view_of_the_tiny_network_by_hand(tmp_path):
+    """Through an activity file (as a Lava run writes it): 5 spikes (payload 11) of 16 NISF neurons;
+    the real maps (stem input 16 values, upsampling input 8) travel as 24 graded spikes over their
+    16 + 96 connections; compartments: 16 + 8 + 32, of which 16 are NISF neurons."""
+    from medqk.energy.chip import chip_view
+
+    _, activity, graph = tiny_counts()
+    back = act.from_file(act.write_file(tmp_path / "a.json", activity, graph), graph)
+    rows = {r["quantity"]: r for r in chip_view(back, count_layers(graph, back.per_image_synapses()))["rows"]}
+    assert (rows["spikes sent"]["idealised"], rows["spikes sent"]["chip"]) == (5, 5 + 24)
+    assert rows["spike payload (units of spike value)"]["chip"] == 11
+    assert (rows["synaptic events"]["idealised"], rows["synaptic events"]["chip"]) == (16, 16 + 16 + 96)
+    assert (rows["neuron updates, firing"]["idealised"], rows["neuron updates, firing"]["chip"]) == (5, 5 + 56 - 16)
+    assert rows["neuron updates, silent"]["chip"] == 11
+    assert rows["synaptic events"]["chip_pj"] == pytest.approx(23.6 * 128)
+    assert "Loihi 1 figure" in rows["synaptic events"]["price"]

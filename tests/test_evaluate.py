@@ -95,18 +95,19 @@ def test_eval_reports_a_bad_checkpoint_as_a_user_error(tmp_path, capsys):
     assert "not a torch file" in capsys.readouterr().err
 
 
-def test_evaluation_dataset_of_a_folder_is_the_held_out_part_or_all(tmp_path):
+def test_evaluation_dataset_of_a_folder_is_all_of_it_or_the_held_out_part(tmp_path):
     build_pairs(tmp_path / "img", tmp_path / "labelcol", [f"n{i}" for i in range(10)])
     prep = Preprocessing((48, 64))
-    held_out = evaluation_dataset(str(tmp_path), prep, val_fraction=0.2, seed=41)
-    assert held_out.names == [p.name for p in load_split(tmp_path, val_fraction=0.2, seed=41).val]
-    everything = evaluation_dataset(str(tmp_path), prep, split="all")
-    assert sorted(everything.names) == [f"n{i}" for i in range(10)]
+    everything, share = evaluation_dataset(str(tmp_path), prep)
+    assert sorted(everything.names) == [f"n{i}" for i in range(10)] and share == f"all 10 images of {tmp_path}"
     assert everything[0][0].shape == (3, 48, 64)
+    held_out, share = evaluation_dataset(str(tmp_path), prep, split="val", val_fraction=0.2, seed=41)
+    assert held_out.names == [p.name for p in load_split(tmp_path, val_fraction=0.2, seed=41).val]
+    assert "2 of its 10 images" in share
 
 
 def test_synthetic_evaluation_uses_the_validation_stream_not_the_training_one():
     prep = Preprocessing((32, 32))
-    dataset = evaluation_dataset("synthetic", prep, seed=41, synthetic_count=4)
+    dataset, _ = evaluation_dataset("synthetic", prep, seed=41, synthetic_count=4)
     assert len(dataset) == 4
     assert not np.array_equal(dataset[0][0].numpy(), SyntheticDataset(1, 32, seed=41)[0][0].numpy())

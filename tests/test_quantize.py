@@ -90,3 +90,39 @@ def test_quantizing_a_float_only_graph_names_the_node():
     graph = passes.prepare(trace(model, (3, 8, 8)))
     with pytest.raises(passes.GraphError, match="relu has no integer form"):
         quantize(graph, random_images(1, 8))
+
+
+def test_a_network_without_an_output_activation_gives_its_real_logits():
+    import torch
+    from torch import nn
+
+    from medqk.convert.neurons import output_activation
+    from medqk.nisf import NISF
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), NISF(4), nn.Conv2d(4, 2, 1)).eval()
+    qgraph, _ = quantize(float_graph_of(model, (8, 8)), random_images(2, 8))
+    x = random_images(2, 8, seed=3)
+    logits = int_probabilities(qgraph, x)
+    with torch.no_grad():
+        reference = model(torch.from_numpy(x)).numpy()
+    assert output_activation(qgraph) == "none" and logits.dtype == np.float32 and logits.shape == reference.shape
+    # equal up to 24-bit rounding, except where a spike flips at a rounding boundary
+    assert np.mean(np.abs(logits - reference) < 1e-3) > 0.95
+
+
+def test_an_output_activation_inside_the_graph_is_refused_by_name():
+    import torch
+    from torch import nn
+
+    class Gate(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x):
+            return self.conv(torch.sigmoid(x))
+
+    graph = float_graph_of(Gate().eval(), (8, 8))
+    with pytest.raises(passes.GraphError, match="sigmoid quantizes only as the network's output"):
+        quantize(graph, random_images(1, 8))

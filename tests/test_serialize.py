@@ -62,9 +62,13 @@ def test_non_empty_directory_is_refused_without_force(converted, tmp_path):
     (target / "keep.txt").write_text("mine")
     with pytest.raises(InputError, match="not empty.*--force"):
         save_model(converted, target)
-    assert (target / "keep.txt").read_text() == "mine"
+    with pytest.raises(InputError, match="not a medqk model directory"):  # --force replaces model directories only
+        save_model(converted, target, force=True)
+    assert [p.name for p in target.iterdir()] == ["keep.txt"] and (target / "keep.txt").read_text() == "mine"
+    (target / "keep.txt").unlink()
+    save_model(converted, target)
     save_model(converted, target, force=True)
-    assert not (target / "keep.txt").exists() and (target / "model.json").is_file()
+    assert (target / "model.json").is_file()
 
 
 def test_failed_write_leaves_nothing_behind(converted, tmp_path):

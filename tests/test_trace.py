@@ -82,3 +82,60 @@ class WithConstantScale(nn.Module):
 def test_unsupported_function_is_named():
     with pytest.raises(TraceError, match="function mul with a constant operand"):
         trace(WithConstantScale(), (3, 8, 8))
+
+
+# -- the user's networks: layouts, new ops, refusals --------------------------------------------------
+
+class TokenLinear(nn.Module):
+    """Linear over channels on a channels-last view, split, concatenated, pooled and upsampled."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 6)
+        self.pool = nn.AvgPool2d(2)
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+
+    def forward(self, x):
+        y = self.fc(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)      # [N, 6, H, W]
+        a, b = torch.split(y, [2, 4], dim=1)
+        tokens = torch.cat([b.flatten(2), a.flatten(2)], dim=1)       # [N, 6, H*W]
+        return self.up(self.pool(tokens.reshape(y.shape)))[:, 1:5]
+
+
+def test_layout_ops_linear_split_avgpool_and_nearest_upsampling_trace_exactly():
+    model = TokenLinear().double().eval()
+    graph = trace(model, (4, 8, 8))
+    from medqk.convert.passes import infer_tensors
+
+    infer_tensors(graph)
+    ops = Counter(n.op.type for n in graph.nodes())
+    assert ops == Counter({"input": 1, "conv2d": 2, "channel_slice": 3, "concat": 1, "upsample": 1})
+    pool = next(n.op for n in graph.nodes() if n.op.type == "conv2d" and n.op.groups == 6)
+    assert np.all(pool.weight == 0.25) and pool.stride == (2, 2)
+    x = np.random.default_rng(3).random((2, 4, 8, 8))
+    np.testing.assert_allclose(interpret_float.run(graph, x), model(torch.from_numpy(x)).detach().numpy(), atol=1e-12)
+
+
+class Refused(nn.Module):
+    def __init__(self, forward):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 1)
+        self.fc = nn.Linear(8, 8)
+        self._forward = forward
+
+    def forward(self, x):
+        return self._forward(self, x)
+
+
+@pytest.mark.parametrize("forward, message", [
+    (lambda m, x: m.fc(x), r"Linear along W of a tensor viewed as \[N, C, H, W\] \(only along the channels\)"),
+    (lambda m, x: torch.cat([x, x], dim=2), r"torch.cat along H .*only along the channels"),
+    (lambda m, x: x[:, :, :4], r"slicing along H .*only along the channels"),
+    (lambda m, x: m.conv(x.permute(0, 1, 3, 2)), r"module Conv2d on a tensor viewed as \[N, C, W, H\]"),
+    (lambda m, x: x.flatten(2).transpose(1, 2).reshape(x.shape), r"reshape to \[1, 4, 8, 8\], which splits an axis"),
+    (lambda m, x: x.flatten(2).transpose(1, 2), r"the network's output on a tensor viewed as \[N, H\*W, C\]"),
+    (lambda m, x: torch.clamp(x, 0, 1), r"function clamp at the top level"),
+])
+def test_what_the_ir_cannot_represent_is_refused_by_name(forward, message):
+    with pytest.raises(TraceError, match=message):
+        trace(Refused(forward), (4, 8, 8))

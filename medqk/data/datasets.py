@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from medqk.data.augment import Augmentation
 from medqk.data.layouts import Pair
-from medqk.data.preprocess import Preprocessing, load_image, load_mask
+from medqk.data.preprocess import Preprocessing, load_pair
 from medqk.data.synthetic import synthetic_sample
 
 
@@ -53,9 +53,7 @@ class PairDataset(SegmentationDataset):
 
     def load(self, index: int):
         pair = self.pairs[index]
-        # Several masks of one image (BUSI) are merged: a pixel is target if any mask says so.
-        mask = np.maximum.reduce([load_mask(path, self.prep.size) for path in pair.masks])
-        return load_image(pair.image, self.prep), mask
+        return load_pair(pair.image, pair.masks, self.prep)
 
 
 class SyntheticDataset(SegmentationDataset):

@@ -1,13 +1,34 @@
 """The U-Net of the paper's comparison table, as ``../shared/spec/unet-baseline.md`` describes it.
 
+It lives in ``medqk`` (not ``energy``) because ``medqk train --model unet`` trains it and
+``medqk eval`` evaluates it; the energy report imports it from here as its ANN baseline.
+
 14,751,873 parameters; thop counts 32,894,877,696 at 1x3x256x256, of which the convolutions and
 transposed convolutions really do 29,578,231,808 multiply-accumulates (thop sizes a transposed
 convolution by its output, 4x its true cost).
 """
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import torch
 from torch import nn
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Everything that fixes the U-Net's shape (what a checkpoint records)."""
+
+    in_channels: int = 3
+    out_channels: int = 1
+    width: int = 64
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "UNetConfig":
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
 def conv_bn_relu(i: int, o: int) -> nn.Sequential:
@@ -42,6 +63,7 @@ class Up(nn.Module):
 class UNet(nn.Module):
     def __init__(self, in_channels: int = 3, out_channels: int = 1, width: int = 64):
         super().__init__()
+        self.config = UNetConfig(in_channels, out_channels, width)
         w = width
         self.inc = conv_bn_relu(in_channels, w)
         self.down1, self.down2 = Down(w, 2 * w), Down(2 * w, 4 * w)
