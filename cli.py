@@ -144,16 +144,18 @@ def main(argv: list[str] | None = None) -> int:
 class DemoRun:
     """What `medqk demo` did: the converted model, each backend's output, energy, Loihi summary."""
 
-    def __init__(self, directory: Path, image, mask, results: dict, energy_report: dict, loihi: dict | None):
+    def __init__(self, directory: Path, image, mask, results: dict, labels: dict, energy_report: dict, loihi: dict | None):
         self.directory, self.image, self.mask = directory, image, mask
         self.results, self.energy_report, self.loihi = results, energy_report, loihi
+        self.labels = labels  #: backend -> its predicted label map [H, W] (``pipeline.predicted_labels``)
 
     @classmethod
     def execute(cls, checkpoint, output: Path, image_path, mask_path, backends: list[str]) -> "DemoRun":
         import json
 
         from medqk.convert.commands import OUTPUT_WRITERS
-        from medqk.convert.pipeline import convert_checkpoint
+        from medqk.convert.neurons import output_activation
+        from medqk.convert.pipeline import convert_checkpoint, predicted_labels
         from medqk.convert.serialize import save_model
         from medqk.deploy.backends import BACKENDS, ModelHandle
         from medqk.deploy.commands import load_input, save_mask_png
@@ -178,25 +180,26 @@ class DemoRun:
                 from medqk.data.preprocess import load_mask
 
                 mask = load_mask(mask_path, tuple(converted.image_size))[0] > 0.5
-        results = {}
+        results, labels = {}, {}
         names = [b for b in backends if b in BACKENDS]
         for i, name in enumerate(names):
             console.info(f"[2/3] running backend {i + 1}/{len(names)}: {name}")
             results[name] = BACKENDS[name](handle, images)
-            save_mask_png(results[name].probabilities[0, 0], output / f"mask-{name}.png")
+            labels[name] = predicted_labels(results[name].probabilities, output_activation(converted.int_graph))[0]
+            save_mask_png(labels[name], results[name].probabilities.shape[1], output / f"mask-{name}.png")
         console.info("[3/3] counting operations and energy")
         activity = act.from_images(converted.int_graph, iter([("demo", images[0])]), 1)
         report = analyze(converted, activity, get_model("float45"), [], "default model" if checkpoint is None else Path(checkpoint).name)
         (output / "energy.json").write_text(json.dumps(report, indent=2))
         loihi_file = model_dir / "loihi2.json"
         loihi = json.loads(loihi_file.read_text()) if loihi_file.is_file() else None
-        return cls(model_dir, images[0], mask, results, report, loihi)
+        return cls(model_dir, images[0], mask, results, labels, report, loihi)
 
     def agreement(self) -> dict[str, dict]:
         """Each backend's mask against torch's, and whether integer backends equal the integer interpreter."""
         import numpy as np
 
-        from medqk.convert.pipeline import mask_agreement
+        from medqk.convert.pipeline import label_agreement
 
         reference = self.results.get("torch")
         golden = self.results.get("ir-int")
@@ -204,11 +207,11 @@ class DemoRun:
         for name, r in self.results.items():
             row = {"seconds": r.seconds}
             if reference is not None:
-                row.update(mask_agreement(r.probabilities, reference.probabilities))
+                row.update(label_agreement(self.labels[name], self.labels["torch"]))
             if golden is not None and name in ("onnx-int", "lava"):
                 row["bit_exact_with_ir_int"] = bool(np.array_equal(r.probabilities, golden.probabilities))
             if self.mask is not None:
-                row["dice_vs_ground_truth"] = mask_agreement(r.probabilities[0, 0], self.mask.astype(np.float32))["dice"]
+                row["dice_vs_ground_truth"] = label_agreement(self.labels[name], self.mask)["dice"]
             rows[name] = row
         return rows
 
@@ -251,7 +254,7 @@ def write_report(run: DemoRun, path: Path) -> Path:
         if "bit_exact_with_ir_int" in a:
             ok = a["bit_exact_with_ir_int"]
             caption += f"<br><span class=\"{'ok' if ok else 'bad'}\">{'bit-exact with ir-int' if ok else 'differs from ir-int'}</span>"
-        tiles.append(tile(r.probabilities[0, 0] > 0.5, caption))
+        tiles.append(tile(run.labels[name] != 0, caption))
     masks = Section("Predicted masks").add('<div class="grid">' + "".join(tiles) + "</div>")
     sections = [masks, *energy_sections(run.energy_report)]
     if run.loihi:

@@ -40,11 +40,15 @@ def label_agreement(labels_a: np.ndarray, labels_b: np.ndarray) -> dict:
 
 
 def predicted_labels(outputs: np.ndarray, activation: str) -> np.ndarray:
-    """Per-pixel labels [N, H, W] of network outputs [N, K, H, W]: the 0.5-thresholded sigmoid, the
-    sign of a single logit, or the most likely of K classes."""
+    """Per-pixel class labels int64 [N, H, W] of network outputs [N, K, H, W] (or [N, H, W], one
+    channel) whose ``activation`` is "sigmoid", "softmax" or "none" (``neurons.output_activation``):
+    one channel is foreground (1) where its probability exceeds 0.5, or its logit 0; K channels give
+    the most likely class, so that for K = 2 class 1 is the foreground."""
+    if outputs.ndim == 3:
+        outputs = outputs[:, None]
     if outputs.shape[1] > 1:
         return np.argmax(outputs, axis=1)
-    return outputs[:, 0] > (0.5 if activation == "sigmoid" else 0.0)
+    return (outputs[:, 0] > (0.5 if activation == "sigmoid" else 0.0)).astype(np.int64)
 
 
 def torch_probabilities(model, images: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ import numpy as np
 
 from medqk import console
 from medqk.convert.commands import OUTPUT_WRITERS
+from medqk.deploy import lava_library, lava_lowering
 
 
 def write_loihi2(directory: Path, model) -> str:
@@ -35,13 +36,19 @@ def register(subparsers) -> None:
                         "[3, H, W] array that is already the network input; default: a built-in synthetic image")
     p.add_argument("--backend", choices=sorted(BACKENDS), default="ir-int", help="where to run it (default: %(default)s)")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="input size when MODEL is a checkpoint")
-    p.add_argument("--out", type=Path, metavar="MASK.png", help="write the 0.5-thresholded mask as PNG")
+    p.add_argument("--out", type=Path, metavar="MASK.png",
+                   help="write the predicted mask as an 8-bit PNG: foreground 255 (probability > 0.5, logit > 0, or "
+                        "class 1 of two); for K > 2 classes the class index c as round(255 c / (K - 1))")
     p.add_argument("--save-probs", type=Path, metavar="F.npy",
                    help="write the network's output as float32: H x W (K x H x W for K classes) probabilities where it "
                         "ends in a sigmoid or softmax, its logits otherwise")
     p.add_argument("--json", type=Path, metavar="F", help="write what ran and what came out as JSON")
+    p.add_argument("--lava-models", choices=lava_library.MODEL_SETS, metavar="fast|reference",
+                   help="lava-library: the process models, medqk's fast ones or Lava's own fixed-point models for "
+                        "Lava's library processes (default: fast)")
     p.add_argument("--activity", type=Path, metavar="F",
-                   help="lava: write the measured spikes and synaptic operations per layer (for `medqk energy report --activity`)")
+                   help="lava, lava-library: write the measured spikes and synaptic operations per layer (for `medqk energy "
+                        "report --activity`); lava-library adds them per process and per time step")
     p.set_defaults(func=run_command)
 
 
@@ -64,10 +71,13 @@ def load_input(handle, image: Path | None) -> np.ndarray:
     return x[None]
 
 
-def save_mask_png(probabilities: np.ndarray, path: Path) -> None:
+def save_mask_png(labels: np.ndarray, classes: int, path: Path) -> None:
+    """Label map [H, W] (``pipeline.predicted_labels``) as an 8-bit PNG, the class index spread over
+    0..255 for viewing: foreground 255 for two classes (or one channel, ``classes`` <= 2), and
+    round(255 c / (K - 1)) for K classes, which ``compare.truth_labels`` reads back."""
     from PIL import Image
 
-    Image.fromarray(((probabilities > 0.5) * 255).astype(np.uint8)).save(path)
+    Image.fromarray(np.rint(labels * (255 / (max(classes, 2) - 1))).astype(np.uint8)).save(path)
 
 
 def save_probabilities(probabilities: np.ndarray, path: Path) -> None:
@@ -84,10 +94,13 @@ def mask_suffixes() -> tuple[str, ...]:
     return tuple(sorted(suffix for suffix, kind in Image.registered_extensions().items() if kind in Image.SAVE))
 
 
-def lava_lines(info: dict, graph) -> list[str]:
+#: Lava backend -> the summary line of its run
+LAVA_SUMMARIES = {"lava": lava_lowering.describe, "lava-library": lava_library.describe}
+
+
+def lava_lines(backend: str, info: dict, graph) -> list[str]:
     """What a Lava run reports: steps, timings, and activity per NISF population and synaptic layer."""
-    lines = [f"lava: {info['fused_layers']} fused-layer processes, {info['steps']} time steps; build {info['build_seconds']:.2f} s, "
-             f"run {info['run_seconds']:.2f} s, read {info['read_seconds']:.2f} s"]
+    lines = [LAVA_SUMMARIES[backend](info)]
     for name, counts in info["activity"].items():
         if "nonzero" in counts:
             neurons = int(np.prod(graph[name].tensor.shape)) * info["images"]
@@ -110,7 +123,8 @@ def write_activity(path: Path, info: dict, graph) -> None:
 
     pops = {k: v for k, v in info["activity"].items() if "nonzero" in v}
     syns = {k: v for k, v in info["activity"].items() if "acs" in v and _spike_fed(graph, k)}
-    path.write_text(json.dumps(activity_document(graph, info["images"], pops, syns), indent=1))
+    document = activity_document(graph, info["images"], pops, syns, info.get("per_step"), info.get("process_activity"))
+    path.write_text(json.dumps(document, indent=1))
 
 
 def run_command(args) -> int:
@@ -120,13 +134,16 @@ def run_command(args) -> int:
     from medqk.errors import InputError
     from medqk.outputs import check_files, write_files
 
-    if args.activity and args.backend != "lava":
-        raise InputError("--activity records a Lava run's spikes: use it with --backend lava")
+    if args.activity and args.backend not in LAVA_SUMMARIES:
+        raise InputError("--activity records a Lava run's spikes: use it with --backend lava or lava-library")
+    if args.lava_models and args.backend != "lava-library":
+        raise InputError("--lava-models chooses the process models of the library graph: use it with --backend lava-library")
     outputs = {"--out": args.out, "--save-probs": args.save_probs, "--json": args.json, "--activity": args.activity}
     check_files(outputs, suffixes={"--out": mask_suffixes()})
     handle = ModelHandle(args.model, tuple(args.image_size) if args.image_size else None)
     images = load_input(handle, args.image)
-    result = BACKENDS[args.backend](handle, images)
+    options = {"models": args.lava_models} if args.lava_models else {}
+    result = BACKENDS[args.backend](handle, images, **options)
     output = result.probabilities[0]
     output = output[0] if len(output) == 1 else output  # [H, W], or [K, H, W] for K classes
     mask = predicted_labels(result.probabilities, output_activation(handle.converted.int_graph))[0]
@@ -138,11 +155,11 @@ def run_command(args) -> int:
     }
     console.info(f"{args.backend}: {mask.shape[0]}x{mask.shape[1]} mask, {100 * record['foreground_fraction']:.2f}% foreground, "
                  f"{result.seconds:.3f} s")
-    if args.backend == "lava":
-        console.info("\n".join(lava_lines(result.info, handle.converted.int_graph)))
+    if args.backend in LAVA_SUMMARIES:
+        console.info("\n".join(lava_lines(args.backend, result.info, handle.converted.int_graph)))
     write_files({
         args.activity: lambda path: write_activity(path, result.info, handle.converted.int_graph),
-        args.out: lambda path: save_mask_png(mask, path),
+        args.out: lambda path: save_mask_png(mask, result.probabilities.shape[1], path),
         args.save_probs: lambda path: save_probabilities(output, path),
         args.json: lambda path: path.write_text(json.dumps(record, indent=2, default=str)),
     })

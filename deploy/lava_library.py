@@ -4,13 +4,20 @@
 DelaySparse, ProdNeuron, GradedVec) and medqk's models for medqk's neurons; ``fast`` swaps in
 medqk's fast models for Lava's processes (``lava_fast_models``) through ``Loihi2SimCfg``'s
 ``exception_proc_model_map``. The graph is the same object either way.
+
+``run_library`` is the ``lava-library`` backend of ``medqk run`` and ``medqk compare``: one run per
+image, with the activity by IR node (the activity file's populations and synapses), by process and
+by time step. Lava's own models count nothing, so each medqk neuron counts the synaptic events its
+spikes cause in the synapses it feeds (``synapse_feeds``).
 """
 import dataclasses
+import math
 import time
 
 import numpy as np
 
-from medqk.deploy.lava_graph import LavaGraph, ProcessSpec, lower
+from medqk.convert.synapses import fan_out as synaptic_fan_out
+from medqk.deploy.lava_graph import LAVA, MEDQK, SYNAPSES, LavaGraph, ProcessSpec, lower
 from medqk.deploy.lava_layout import from_whc, lava_conv_groups, lava_conv_weight, to_whc, xy
 from medqk.deploy.lava_runtime import lava_run, require_lava
 from medqk.errors import MedqkError
@@ -47,8 +54,43 @@ def upsample_weights(spec: ProcessSpec):
     return _sparse(sum(parts))
 
 
-def _process(spec: ProcessSpec, image_whc: np.ndarray):
-    """The Lava process of one spec."""
+def sparse_weights(spec: ProcessSpec):
+    """The weight matrix of a Sparse or DelaySparse spec (a DelaySparse is an identity)."""
+    import scipy.sparse
+
+    if spec.kind == "DelaySparse":
+        return _sparse(scipy.sparse.identity(spec.shape[0]))
+    return upsample_weights(spec) if "taps" in spec.params else channel_map_weights(spec)
+
+
+def synapse_fan_out(spec: ProcessSpec, graph, source_shape: tuple) -> np.ndarray:
+    """How many connections each element of a synapse's (W, H, C) input has in it. A convolution or
+    upsampling counts its IR op's connections (``synapses.fan_out``, as the energy analyzer does;
+    every digit plane of an element has that element's); a channel map or delay its weight matrix's."""
+    if spec.kind == "Conv" or "taps" in spec.params:
+        node = graph[spec.node]
+        per_channel, fh, fw = synaptic_fan_out(node.op, tuple(graph[node.inputs[0]].tensor.shape))
+        return np.broadcast_to((per_channel * np.outer(fw, fh))[:, :, None], source_shape)
+    return np.diff(sparse_weights(spec).tocsc().indptr).reshape(source_shape)
+
+
+def synapse_feeds(lowered: LavaGraph, graph) -> dict[str, list[tuple[str, np.ndarray]]]:
+    """medqk neuron -> [(synapse process it feeds, fan-out of its output there)]: the neuron counts
+    the synaptic events of its spikes (``lava_neurons.GatedNeuron``). A synapse fed by one of Lava's
+    neurons (a relay, a product) or by the source goes uncounted."""
+    specs = {spec.name: spec for spec in lowered.processes}
+    feeds: dict[str, list] = {}
+    for spec in lowered.processes:
+        if spec.kind in SYNAPSES:
+            (port,) = spec.inputs["s_in"]  # a synapse reads one neuron's output (lava_graph.neuron_output)
+            source = specs[port.rsplit(".", 1)[0]]
+            if source.library == MEDQK and source.kind != "ImageSource":
+                feeds.setdefault(source.name, []).append((spec.name, synapse_fan_out(spec, graph, source.shape)))
+    return feeds
+
+
+def _process(spec: ProcessSpec, image_whc: np.ndarray, feeds: list):
+    """The Lava process of one spec; ``feeds``: the synapses a medqk neuron feeds (``synapse_feeds``)."""
     from lava.proc.conv.process import Conv
     from lava.proc.graded.process import GradedVec
     from lava.proc.prodneuron.process import ProdNeuron
@@ -62,14 +104,12 @@ def _process(spec: ProcessSpec, image_whc: np.ndarray):
                     stride=xy(p["stride"]), padding=xy(p["padding"]), groups=lava_conv_groups(p["groups"], p["planes"]),
                     num_message_bits=spec.message_bits, name=name)
     if spec.kind == "Sparse":
-        weights = upsample_weights(spec) if "taps" in p else channel_map_weights(spec)
-        return Sparse(weights=weights, num_message_bits=spec.message_bits, name=name)
+        return Sparse(weights=sparse_weights(spec), num_message_bits=spec.message_bits, name=name)
     if spec.kind == "DelaySparse":
         import scipy.sparse
 
-        n = spec.shape[0]
-        delays = scipy.sparse.identity(n, dtype=int, format="csr") * spec.delay
-        return DelaySparse(weights=_sparse(scipy.sparse.identity(n)), delays=delays,
+        delays = scipy.sparse.identity(spec.shape[0], dtype=int, format="csr") * spec.delay
+        return DelaySparse(weights=sparse_weights(spec), delays=delays,
                            max_delay=spec.delay, num_message_bits=spec.message_bits, name=name)
     if spec.kind in ("ProdNeuron", "GradedVec"):  # neither takes a name
         proc = (ProdNeuron(shape=spec.shape, vth=p["vth"], exp=p["exp"]) if spec.kind == "ProdNeuron"
@@ -81,7 +121,8 @@ def _process(spec: ProcessSpec, image_whc: np.ndarray):
     if spec.kind == "LogitSink":
         return lava_neurons.LogitSink(spec.shape, spec.valid_step, name=name)
     params = {k: v for k, v in p.items() if k != "in_shape"}
-    return getattr(lava_neurons, spec.kind)(p["in_shape"], spec.shape, spec.valid_step, name, **params)
+    fan_out = np.stack([f for _, f in feeds]) if feeds else None
+    return getattr(lava_neurons, spec.kind)(p["in_shape"], spec.shape, spec.valid_step, name, fan_out=fan_out, **params)
 
 
 def _connect(source, target) -> None:
@@ -91,10 +132,11 @@ def _connect(source, target) -> None:
     source.connect(target)
 
 
-def build(lowered: LavaGraph, image_whc: np.ndarray) -> dict:
-    """The processes of ``lowered``, connected; ``image_whc`` is the input (W, H, C)."""
+def build(lowered: LavaGraph, image_whc: np.ndarray, feeds: dict) -> dict:
+    """The processes of ``lowered``, connected; ``image_whc`` is the input (W, H, C), ``feeds``
+    ``synapse_feeds(lowered, graph)``."""
     require_lava()
-    procs = {spec.name: _process(spec, image_whc) for spec in lowered.processes}
+    procs = {spec.name: _process(spec, image_whc, feeds.get(spec.name, [])) for spec in lowered.processes}
     for spec in lowered.processes:
         for port, sources in spec.inputs.items():
             for source in sources:
@@ -125,11 +167,13 @@ def run_config(models: str, processes):
 
 @dataclasses.dataclass
 class LibraryRun:
-    """One image through the library graph: integer logits [1, C, H, W], what each neuron sent
-    ({process: {spikes, payload_sum}}), the steps and the timings."""
+    """One image through the library graph: integer logits [1, C, H, W], what each medqk neuron sent
+    ({process: {spikes, payload_sum}}), what arrived at each counted synapse ({process: {events,
+    acs}}), the steps and the timings."""
 
     logits: np.ndarray
     sent: dict
+    synaptic: dict
     steps: int
     processes: int
     build_s: float
@@ -137,22 +181,126 @@ class LibraryRun:
     read_s: float
 
 
-def run_image(graph, x_int: np.ndarray, models: str = "fast", lowered: LavaGraph | None = None) -> LibraryRun:
-    """Run one integer image [1, C, H, W] (``io.quantize_input``) through ``graph``'s library graph."""
+def _counts(var, names) -> np.ndarray:
+    """A counter Var read back (Lava returns float64, exact for these counts)."""
+    return np.rint(var.get()).astype(np.int64).reshape(-1, len(names))
+
+
+def run_image(graph, x_int: np.ndarray, models: str = "fast", lowered: LavaGraph | None = None,
+              progress=None) -> LibraryRun:
+    """Run one integer image [1, C, H, W] (``io.quantize_input``) through ``graph``'s library graph;
+    ``progress(done, total)`` is called as the steps run."""
+    from medqk.deploy.lava_neurons import SENT, SYNAPTIC
+
     x_int = np.asarray(x_int)
     if x_int.ndim != 4 or x_int.shape[0] != 1:
         raise MedqkError(f"the Lava backend runs one image at a time: expected [1, C, H, W], got {x_int.shape}")
     lowered = lowered or lower(graph)
     start = time.perf_counter()
-    procs = build(lowered, to_whc(x_int))
+    feeds = synapse_feeds(lowered, graph)
+    procs = build(lowered, to_whc(x_int), feeds)
     sink = procs[lowered.output]
     ordered = [sink, *(p for name, p in procs.items() if name != lowered.output)]
     run_cfg = run_config(models, ordered)
     wired = time.perf_counter() - start
-    with lava_run(ordered, lowered.steps, run_cfg=run_cfg) as session:
+    with lava_run(ordered, lowered.steps, run_cfg=run_cfg, progress=progress,
+                  chunk_steps=max(1, lowered.steps // 20)) as session:
         start = time.perf_counter()
         logits = from_whc(sink.read()).astype(np.int64)
-        sent = {name: dict(zip(("spikes", "payload_sum"), np.rint(p.sent.get()).astype(np.int64).tolist()))
-                for name, p in procs.items() if hasattr(p, "sent")}
+        sent = {name: dict(zip(SENT, _counts(p.sent, SENT)[0].tolist())) for name, p in procs.items() if hasattr(p, "sent")}
+        synaptic = {synapse: dict(zip(SYNAPTIC, row.tolist()))
+                    for name, targets in feeds.items()
+                    for (synapse, _), row in zip(targets, _counts(procs[name].synaptic, SYNAPTIC))}
         read_s = time.perf_counter() - start
-    return LibraryRun(logits, sent, lowered.steps, len(procs), wired + session.build_s, session.run_s, read_s)
+    return LibraryRun(logits, sent, synaptic, lowered.steps, len(procs), wired + session.build_s, session.run_s, read_s)
+
+
+def _total(runs: list[LibraryRun], field: str, name: str, key: str) -> int | None:
+    """A counter summed over the runs, None where the process does not count it."""
+    values = [getattr(run, field).get(name) for run in runs]
+    return None if values[0] is None else sum(v[key] for v in values)
+
+
+def process_activity(lowered: LavaGraph, runs: list[LibraryRun]) -> dict:
+    """Per process, summed over the runs (images): spikes and payload a medqk neuron sent, synaptic
+    events and accumulates its spikes caused in a synapse, and neuron updates (every neuron of a
+    neuron process, at its valid step: the models compute then and refuse input at any other step).
+    None: not counted (Lava's own models count nothing)."""
+    table = {}
+    for spec in lowered.processes:
+        neuron = spec.kind not in (*SYNAPSES, "ImageSource", "LogitSink")
+        table[spec.name] = {
+            "class": spec.cls, "node": spec.node, "valid_step": spec.valid_step,
+            "spikes": _total(runs, "sent", spec.name, "spikes"), "payload_sum": _total(runs, "sent", spec.name, "payload_sum"),
+            "synaptic_events": _total(runs, "synaptic", spec.name, "events"), "acs": _total(runs, "synaptic", spec.name, "acs"),
+            "neuron_updates": math.prod(spec.shape) * len(runs) if neuron else 0}
+    return table
+
+
+def step_activity(lowered: LavaGraph, processes: dict) -> list[dict]:
+    """``process_activity`` by time step: a neuron sends and updates at its valid step; a synapse's
+    events happen when its input arrives, at its valid step minus one and its delay."""
+    steps = [{"step": t, "spikes": 0, "payload_sum": 0, "synaptic_events": 0, "neuron_updates": 0}
+             for t in range(1, lowered.steps + 1)]
+    for spec in lowered.processes:
+        counts = processes[spec.name]
+        arrival = spec.valid_step - 1 - spec.delay if spec.kind in SYNAPSES else spec.valid_step
+        for key, step in (("spikes", spec.valid_step), ("payload_sum", spec.valid_step), ("neuron_updates", spec.valid_step),
+                          ("synaptic_events", arrival)):
+            steps[step - 1][key] += counts[key] or 0
+    return steps
+
+
+def node_activity(graph, lowered: LavaGraph, processes: dict) -> dict:
+    """The counters of ``medqk run --activity`` by IR node: NISF populations {nonzero, spike_sum},
+    counted synaptic nodes {acs, events} (their Conv or tap Sparse)."""
+    activity = {}
+    for spec in lowered.processes:
+        counts = processes[spec.name]
+        if spec.kind == "NISFNeuron":
+            activity[spec.node] = {"nonzero": counts["spikes"], "spike_sum": counts["payload_sum"]}
+        elif (spec.kind == "Conv" or "taps" in spec.params) and counts["synaptic_events"] is not None:
+            activity[spec.node] = {"acs": counts["acs"], "events": counts["synaptic_events"]}
+    return activity
+
+
+def run_library(handle, images: np.ndarray, models: str = "fast"):
+    """Backend ``lava-library``: ``(backends.ModelHandle, float32 images [N, C, H, W]) -> RunResult``,
+    one run of the library graph per image with the ``models`` set; ``info`` holds steps, timings
+    and the activity summed over the images, by IR node, process and step."""
+    from medqk.convert.io import quantize_input
+    from medqk.convert.neurons import output_activation, output_scale, output_values
+    from medqk.deploy.backends import RunResult
+    from medqk.deploy.lava_lowering import step_bar
+
+    graph = handle.converted.int_graph
+    lowered = lower(graph)
+    x_int = quantize_input(images, graph.input.tensor.frac_bits)
+    runs = []
+    for i in range(len(x_int)):
+        bar, update = step_bar(f"lava-library image {i + 1}/{len(x_int)}")
+        try:
+            runs.append(run_image(graph, x_int[i:i + 1], models, lowered, progress=update))
+        finally:
+            bar.close()
+    logits = np.concatenate([run.logits for run in runs])
+    seconds = {part: sum(getattr(r, f"{part}_s") for r in runs) for part in ("build", "run", "read")}
+    processes = process_activity(lowered, runs)
+    return RunResult(output_values(output_activation(graph), logits, output_scale(graph)), sum(seconds.values()), {
+        "models": models, "processes": len(lowered.processes),
+        "lava_processes": sum(spec.library == LAVA for spec in lowered.processes), "steps": lowered.steps,
+        "images": len(runs), **{f"{part}_seconds": value for part, value in seconds.items()},
+        "activity": node_activity(graph, lowered, processes), "per_step": step_activity(lowered, processes),
+        "process_activity": processes,
+    })
+
+
+def describe(info: dict) -> str:
+    """The summary line of a ``lava-library`` run."""
+    return (f"lava-library ({info['models']} models): {info['processes']} processes ({info['lava_processes']} of them "
+            f"Lava's library processes), {info['steps']} time steps; build {info['build_seconds']:.2f} s, "
+            f"run {info['run_seconds']:.2f} s, read {info['read_seconds']:.2f} s")
+
+
+#: merged into ``deploy.backends.BACKENDS``
+BACKENDS = {"lava-library": run_library}

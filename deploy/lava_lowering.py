@@ -89,7 +89,7 @@ def _summed(runs: list[LavaRun]) -> dict[str, dict[str, int]]:
     return total
 
 
-def _step_bar(desc: str):
+def step_bar(desc: str):
     """A progress bar over a run's steps, and the ``progress(done, total)`` callback that drives it."""
     from medqk import console
 
@@ -113,7 +113,7 @@ def run_lava(handle, images: np.ndarray):
     x_int = quantize_input(images, graph.input.tensor.frac_bits)
     runs = []
     for i in range(len(x_int)):
-        bar, update = _step_bar(f"lava image {i + 1}/{len(x_int)}")
+        bar, update = step_bar(f"lava image {i + 1}/{len(x_int)}")
         try:
             runs.append(run_image(graph, x_int[i:i + 1], plans, progress=update))
         finally:
@@ -124,6 +124,12 @@ def run_lava(handle, images: np.ndarray):
         "fused_layers": len(plans), "steps": runs[0].steps, "images": len(runs),
         **{f"{part}_seconds": value for part, value in seconds.items()}, "activity": _summed(runs),
     })
+
+
+def describe(info: dict) -> str:
+    """The summary line of a ``lava`` run."""
+    return (f"lava: {info['fused_layers']} fused-layer processes, {info['steps']} time steps; build {info['build_seconds']:.2f} s, "
+            f"run {info['run_seconds']:.2f} s, read {info['read_seconds']:.2f} s")
 
 
 #: merged into ``deploy.backends.BACKENDS``

@@ -31,6 +31,8 @@ class _GatedModel(PyLoihiProcessModel):
     s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
     valid_step: np.ndarray = _INT
     sent: np.ndarray = _INT
+    fan_out: np.ndarray = _INT
+    synaptic: np.ndarray = _INT
 
     def run_spk(self) -> None:
         x = self.a_in.recv()
@@ -45,7 +47,10 @@ class _GatedModel(PyLoihiProcessModel):
                 error = f"value {int(np.abs(value).max())} exceeds the {STATE_BITS}-bit graded-spike payload"
             else:
                 y = value.astype(np.int32)
-                self.sent[:] = (np.count_nonzero(y), int(np.abs(value).sum()))
+                magnitude = np.abs(value)
+                self.sent[:] = (np.count_nonzero(y), int(magnitude.sum()))
+                for row, fan_out in enumerate(self.fan_out):
+                    self.synaptic[row] = (int(fan_out[magnitude != 0].sum()), int((fan_out * magnitude).sum()))
         # send before raising: a consumer waiting on this step's message would otherwise hang the run
         self.s_out.send(y)
         if error:

@@ -28,6 +28,9 @@ from medqk.errors import MedqkError  # noqa: E402
 
 #: a neuron's ``sent`` Var: graded spikes sent (nonzero payloads) and the sum of their magnitudes
 SENT = ("spikes", "payload_sum")
+#: a row of a neuron's ``synaptic`` Var, one per synapse process reading it: the synaptic events its
+#: spikes cause there (nonzero payloads x fan-out) and their accumulates (payload magnitude x fan-out)
+SYNAPTIC = ("events", "acs")
 
 
 def _var(value) -> Var:
@@ -38,15 +41,22 @@ def _var(value) -> Var:
 class GatedNeuron(AbstractProcess):
     """A graded neuron with one in port (its dendritic sum) that fires at ``valid_step`` only.
 
-    Vars: ``valid_step``; ``sent`` (``SENT``: what it sent, for the activity report); plus each
-    subclass's parameters, given as keyword arguments (integers or per-channel arrays)."""
+    Vars: ``valid_step``; ``sent`` (``SENT``: what it sent, for the activity report); ``fan_out``
+    (k, W, H, C): the connections of each output element in each of the k synapse processes that
+    read it, and ``synaptic`` (k, ``SYNAPTIC``): what its spikes caused there (a Loihi core counts
+    synaptic ops where the synapses are; Lava's own synapse models count nothing, so the sender
+    does); plus each subclass's parameters, given as keyword arguments (integers or per-channel
+    arrays)."""
 
-    def __init__(self, in_shape, shape, valid_step: int, name: str, **params):
+    def __init__(self, in_shape, shape, valid_step: int, name: str, fan_out=None, **params):
         super().__init__(name=name, process_name=name)
         self.a_in = InPort(shape=tuple(in_shape))
         self.s_out = OutPort(shape=tuple(shape))
         self.valid_step = _var(valid_step)
         self.sent = _var(np.zeros(len(SENT)))
+        fan_out = np.zeros((0, *shape), np.int64) if fan_out is None else np.asarray(fan_out, np.int64)
+        self.fan_out = Var(shape=fan_out.shape, init=fan_out)
+        self.synaptic = Var(shape=(len(fan_out), len(SYNAPTIC)), init=np.zeros((len(fan_out), len(SYNAPTIC)), np.int64))
         for key, value in params.items():
             setattr(self, key, _var(value))
 

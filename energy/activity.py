@@ -132,7 +132,7 @@ def _require(doc: dict, key: str, path: Path, what: str):
 
 
 #: what to do about a count that cannot be right
-RERECORD = "; record the file again with `medqk run --backend lava --activity F`"
+RERECORD = "; record the file again with `medqk run --backend lava --activity F` (or lava-library)"
 
 
 def _count(doc: dict, key: str, path: Path, what: str, most: int | None = None, why: str = "") -> int:

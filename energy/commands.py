@@ -157,14 +157,15 @@ class _keeping_first:
 
 def write_html(path: Path, report: dict, converted, first_image) -> None:
     """The report as one HTML page; with images, the first one and its integer-graph mask on top."""
-    from medqk.convert.pipeline import int_probabilities
+    from medqk.convert.neurons import output_activation
+    from medqk.convert.pipeline import int_probabilities, predicted_labels
     from medqk.energy.html import energy_sections
     from medqk.htmlpage import Section, page, tile
 
     sections = energy_sections(report)
     if first_image is not None:
         label, image = first_image
-        mask = int_probabilities(converted.int_graph, image[None])[0, 0] > 0.5
+        mask = predicted_labels(int_probabilities(converted.int_graph, image[None]), output_activation(converted.int_graph))[0] != 0
         tiles = tile(image[::-1].transpose(1, 2, 0), f"{label} (input)") + tile(mask, "integer graph mask")
         sections.insert(0, Section("Input").add(f'<div class="grid">{tiles}</div>'))
     path.write_text(page(f"Energy report: {report['model']['name']}", report["activity"]["source"], sections))

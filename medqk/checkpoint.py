@@ -1,4 +1,4 @@
-"""MedQKFormer checkpoints: the reference's bare state_dict and medqk's own format.
+"""Checkpoints of MedQKFormer (and of the U-Net baseline): the reference's bare state_dict and medqk's own format.
 
 A medqk checkpoint is a dict saved with ``torch.save``::
 

@@ -32,6 +32,23 @@ def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Modul
     return model.eval()
 
 
+def fit_batchnorm(module: torch.nn.Module, images: np.ndarray, seed: int = 0) -> torch.nn.Module:
+    """BatchNorm statistics measured on ``images`` and random affine parameters that keep about a
+    third of the neurons firing (as after training; untrained statistics silence binary neurons)."""
+    g = torch.Generator().manual_seed(seed)
+    bns = [m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # a cumulative average over the batches
+    module.train()
+    with torch.no_grad():
+        module(torch.from_numpy(images))
+    for bn in bns:
+        bn.weight.data.copy_(torch.rand(bn.num_features, generator=g) * 0.8 + 0.8)
+        bn.bias.data.copy_(torch.rand(bn.num_features, generator=g) * 0.6 + 0.2)
+    return module.eval()
+
+
 def small_model(seed: int = 0, **config):
     from medqk import MedQKFormer
 

@@ -1,6 +1,7 @@
 """The Lava library graph (``deploy.lava_graph`` lowered, ``deploy.lava_library`` run): its plan
 (timing, delays, refusals), ``medqk inspect --lava``, and runs with both model sets, bit for bit
-equal to the integer interpreter (reference == fast == ir-int).
+equal to the integer interpreter (reference == fast == ir-int), also as ``medqk run --backend
+lava-library`` with its activity file read by ``medqk energy report``.
 
 Runs use a part of a real converted MedQKFormer (the ancestors of one node: every op of an SDQK
 block, digit planes, delays, relays, a rescaled add) and a hand-built upsampling graph, small
@@ -153,3 +154,54 @@ def test_conversion_records_the_library_graph_or_the_layer_it_refuses(small_grap
     assert 0 < summary["lava_processes"] < summary["processes"] and summary["max_delay"] <= MAX_DELAY
     refused = library_graph_summary(_tiny(MaxPool2d()))["refused"]
     assert refused.startswith("node y: maxpool2d has no Lava library lowering: max pooling")
+
+
+@pytest.fixture(scope="module")
+def sdqk_dir(small_graph, tmp_path_factory):
+    """The SDQK subgraph as a converted model directory, for `medqk run` and `medqk energy report`."""
+    from medqk.convert.serialize import ConvertedModel, save_model
+
+    part = subgraph(small_graph[0], SUBGRAPH_END)
+    return save_model(ConvertedModel(part, part, {"image_size": [SIZE, SIZE]}), tmp_path_factory.mktemp("lava") / "sdqk")
+
+
+@pytest.mark.parametrize("models", ["reference", "fast"])
+def test_run_backend_lava_library_equals_ir_int_and_its_activity_feeds_the_energy_report(small_graph, sdqk_dir, tmp_path,
+                                                                                         capsys, models):
+    """`medqk run --backend lava-library` gives ir-int's mask and output bit for bit with either model
+    set; its activity file (NISF spikes from the neurons' counters, synaptic events counted by the
+    neurons that feed each synapse) prices the same as the interpreter's count of the same image."""
+    from medqk.cli import main
+    from PIL import Image
+
+    pytest.importorskip("lava.magma.core.run_configs", reason="Lava is not installed (bash install.sh)")
+    activity = tmp_path / "activity.json"
+    assert main(["run", str(sdqk_dir), "--backend", "lava-library", "--lava-models", models, "--activity", str(activity),
+                 "--save-probs", str(tmp_path / "lava.npy"), "--out", str(tmp_path / "lava.png")]) == 0
+    out = capsys.readouterr().out
+    assert f"lava-library ({models} models)" in out and "time steps" in out and "build" in out and "% firing" in out
+    assert main(["-q", "run", str(sdqk_dir), "--backend", "ir-int",
+                 "--save-probs", str(tmp_path / "int.npy"), "--out", str(tmp_path / "int.png")]) == 0
+    assert np.array_equal(np.load(tmp_path / "lava.npy"), np.load(tmp_path / "int.npy"))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "lava.png")), np.asarray(Image.open(tmp_path / "int.png")))
+
+    doc = json.loads(activity.read_text())
+    processes, per_step = doc["processes"], doc["per_step"]
+    assert [s["step"] for s in per_step] == list(range(1, lower(subgraph(small_graph[0], SUBGRAPH_END)).steps + 1))
+    for key in ("spikes", "payload_sum", "synaptic_events", "neuron_updates"):
+        assert sum(s[key] for s in per_step) == sum(p[key] or 0 for p in processes.values()) > 0, key
+    for name, population in doc["populations"].items():
+        nisf = next(p for p in processes.values() if p["node"] == name and p["class"].endswith("NISFNeuron"))
+        assert (population["nonzero"], population["spike_sum"]) == (nisf["spikes"], nisf["payload_sum"])
+    from_lava, from_interpreter = tmp_path / "a.json", tmp_path / "b.json"
+    assert main(["-q", "energy", "report", str(sdqk_dir), "--activity", str(activity), "--json", str(from_lava)]) == 0
+    assert main(["-q", "energy", "report", str(sdqk_dir), "--json", str(from_interpreter)]) == 0
+    a, b = json.loads(from_lava.read_text()), json.loads(from_interpreter.read_text())
+    assert a["totals"] == b["totals"] and a["firing"] == b["firing"]
+
+
+def test_lava_models_needs_the_library_backend(sdqk_dir, capsys):
+    from medqk.cli import main
+
+    assert main(["run", str(sdqk_dir), "--backend", "ir-int", "--lava-models", "fast"]) == 2
+    assert "--backend lava-library" in capsys.readouterr().err

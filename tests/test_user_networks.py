@@ -19,28 +19,11 @@ from medqk.convert.neurons import output_activation
 from medqk.convert.trace import trace
 from medqk.errors import InputError
 from medqk.nisf import NISF
-from support import random_images
+from support import fit_batchnorm, random_images
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 MEDQK = [sys.executable, "-m", "medqk.cli"]
 SHAPE = (3, 32, 32)
-
-
-def fit_batchnorm(module: nn.Module, images: np.ndarray, seed: int = 0) -> nn.Module:
-    """BatchNorm statistics measured on ``images`` and random affine parameters that keep about a
-    third of the neurons firing (as after training; untrained statistics silence binary neurons)."""
-    g = torch.Generator().manual_seed(seed)
-    bns = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # a cumulative average over the batches
-    module.train()
-    with torch.no_grad():
-        module(torch.from_numpy(images))
-    for bn in bns:
-        bn.weight.data.copy_(torch.rand(bn.num_features, generator=g) * 0.8 + 0.8)
-        bn.bias.data.copy_(torch.rand(bn.num_features, generator=g) * 0.6 + 0.2)
-    return module.eval()
 
 
 def _lava_logits(qgraph, x_int: np.ndarray) -> np.ndarray:
