@@ -10,19 +10,11 @@ import time
 
 import torch
 
+from bench_model import median_seconds  # benchmarks/ is on sys.path: run as a script or by run.py
+
 REPEATS = 3
 BATCH = 8
 SIZE = 256
-
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up: the first call builds kernels and allocates
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def bench_train_step() -> dict:

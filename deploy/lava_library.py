@@ -271,20 +271,13 @@ def run_library(handle, images: np.ndarray, models: str = "fast"):
     from medqk.convert.io import quantize_input
     from medqk.convert.neurons import output_activation, output_scale, output_values
     from medqk.deploy.backends import RunResult
-    from medqk.deploy.lava_lowering import step_bar
+    from medqk.deploy.lava_lowering import run_images
 
     graph = handle.converted.int_graph
     lowered = lower(graph)
     x_int = quantize_input(images, graph.input.tensor.frac_bits)
-    runs = []
-    for i in range(len(x_int)):
-        bar, update = step_bar(f"lava-library image {i + 1}/{len(x_int)}")
-        try:
-            runs.append(run_image(graph, x_int[i:i + 1], models, lowered, progress=update))
-        finally:
-            bar.close()
-    logits = np.concatenate([run.logits for run in runs])
-    seconds = {part: sum(getattr(r, f"{part}_s") for r in runs) for part in ("build", "run", "read")}
+    runs, logits, seconds = run_images("lava-library", x_int,
+                                       lambda x, update: run_image(graph, x, models, lowered, progress=update))
     processes = process_activity(lowered, runs)
     return RunResult(output_values(output_activation(graph), logits, output_scale(graph)), sum(seconds.values()), {
         "models": models, "processes": len(lowered.processes),

@@ -101,6 +101,21 @@ def step_bar(desc: str):
     return bar, update
 
 
+def run_images(backend: str, x_int: np.ndarray, run_one) -> tuple[list, np.ndarray, dict]:
+    """``run_one(image [1, C, H, W], progress)`` for each image under a step bar: the runs, their
+    logits concatenated, and the build, run and read seconds summed over the images."""
+    runs = []
+    for i in range(len(x_int)):
+        bar, update = step_bar(f"{backend} image {i + 1}/{len(x_int)}")
+        try:
+            runs.append(run_one(x_int[i:i + 1], update))
+        finally:
+            bar.close()  # also on an error or interrupt: its message then starts a clean line
+    logits = np.concatenate([run.logits for run in runs])
+    seconds = {part: sum(getattr(r, f"{part}_s") for r in runs) for part in ("build", "run", "read")}
+    return runs, logits, seconds
+
+
 def run_lava(handle, images: np.ndarray):
     """Backend ``lava``: ``(backends.ModelHandle, float32 images [N, C, H, W]) -> backends.RunResult``,
     one Lava run per image; ``info`` holds steps, timings and the activity summed over the images."""
@@ -111,15 +126,7 @@ def run_lava(handle, images: np.ndarray):
     graph = handle.converted.int_graph
     plans = partition(graph)
     x_int = quantize_input(images, graph.input.tensor.frac_bits)
-    runs = []
-    for i in range(len(x_int)):
-        bar, update = step_bar(f"lava image {i + 1}/{len(x_int)}")
-        try:
-            runs.append(run_image(graph, x_int[i:i + 1], plans, progress=update))
-        finally:
-            bar.close()  # also on an error or interrupt: its message then starts a clean line
-    logits = np.concatenate([run.logits for run in runs])
-    seconds = {part: sum(getattr(r, f"{part}_s") for r in runs) for part in ("build", "run", "read")}
+    runs, logits, seconds = run_images("lava", x_int, lambda x, update: run_image(graph, x, plans, progress=update))
     return RunResult(output_values(output_activation(graph), logits, output_scale(graph)), sum(seconds.values()), {
         "fused_layers": len(plans), "steps": runs[0].steps, "images": len(runs),
         **{f"{part}_seconds": value for part, value in seconds.items()}, "activity": _summed(runs),

@@ -16,10 +16,10 @@ import time
 import numpy as np
 import pytest
 
-from medqk.convert.elementwise import Add, Affine, Complement, Concat, GroupBroadcast, GroupSum, MaxPool2d, Mul
+from medqk.convert.elementwise import Add, Affine, Complement, Concat, GroupBroadcast, GroupSum, Mul
 from medqk.convert.fixed_point import saturate, shift_round, shift_round_half_even
 from medqk.convert.graph import Node
-from medqk.convert.neurons import NISF, Sigmoid
+from medqk.convert.neurons import NISF, ReLU, Sigmoid
 from medqk.convert.synapses import Conv2d, Upsample, interp_matrix_int
 from medqk.deploy.lava_plan import LayerPlan, fire_steps
 from medqk.errors import MedqkError
@@ -245,8 +245,8 @@ def test_fire_steps_rejects_bad_graphs(graph, message):
 
 
 def test_plan_names_an_op_the_backend_lacks():
-    with pytest.raises(MedqkError, match=r"'maxpool2d' \(node pool1\)"):
-        LayerPlan("L", (("x", (8, 12, 12)),), (Node("pool1", MaxPool2d(), ["x"]),), ("pool1",))
+    with pytest.raises(MedqkError, match=r"'relu' \(node act1\)"):
+        LayerPlan("L", (("x", (8, 12, 12)),), (Node("act1", ReLU(), ["x"]),), ("act1",))
 
 
 def test_plan_refuses_float_ops_and_bad_wiring():
