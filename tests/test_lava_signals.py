@@ -149,9 +149,17 @@ def session_processes(session: int) -> dict[int, int]:
     return found
 
 
+#: glibc's sem_open builds a named semaphore in a temporary ``sem.XXXXXX`` file and links it to its
+#: name: a SIGKILL inside that call leaves the 32-byte temporary, which no process can clean up
+#: (docs/reliability.md, "Not guaranteed"); the Lava run's own segments are what is checked
+GLIBC_SEM_TEMPORARY = re.compile(r"sem\.[A-Za-z0-9]{6}")
+
+
 def mapped_shm(pid: int) -> set[str]:
-    """Names of the /dev/shm files that ``pid`` maps (not those already unlinked, such as semaphores)."""
-    return set(re.findall(r" /dev/shm/(\S+)$", Path(f"/proc/{pid}/maps").read_text(), re.MULTILINE))
+    """Names of the /dev/shm segments that ``pid`` maps (not those already unlinked, such as
+    semaphores, nor glibc's sem_open temporaries)."""
+    names = re.findall(r" /dev/shm/(\S+)$", Path(f"/proc/{pid}/maps").read_text(), re.MULTILINE)
+    return {name for name in names if not GLIBC_SEM_TEMPORARY.fullmatch(name)}
 
 
 class LavaRun:
