@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 #: backends the demo runs, in this order, where registered
 DEMO_BACKENDS = ("torch", "ir", "ir-int", "onnx", "onnx-int", "lava")
 INTEGER_BACKENDS = ("ir-int", "onnx-int", "lava")
+FLOAT_BACKENDS = ("ir", "onnx")
 #: least mask Dice against torch for the demo to call the backends in agreement
 DEMO_FLOAT_DICE, DEMO_INT_DICE = 0.99, 0.9
 
@@ -144,10 +145,14 @@ def main(argv: list[str] | None = None) -> int:
 class DemoRun:
     """What `medqk demo` did: the converted model, each backend's output, energy, Loihi summary."""
 
-    def __init__(self, directory: Path, image, mask, results: dict, labels: dict, energy_report: dict, loihi: dict | None):
+    def __init__(self, directory: Path, image, mask, results: dict, labels: dict, energy_report: dict, loihi: dict | None,
+                 float_labels=None):
         self.directory, self.image, self.mask = directory, image, mask
         self.results, self.energy_report, self.loihi = results, energy_report, loihi
         self.labels = labels  #: backend -> its predicted label map [H, W] (``pipeline.predicted_labels``)
+        #: an integer-aware fine-tuned checkpoint: its weights' labels as a plain float network, the
+        #: reference of the float backends (torch is then the fixed-point network it was trained as)
+        self.float_labels = float_labels
 
     @classmethod
     def execute(cls, checkpoint, output: Path, image_path, mask_path, backends: list[str]) -> "DemoRun":
@@ -187,13 +192,21 @@ class DemoRun:
             results[name] = BACKENDS[name](handle, images)
             labels[name] = predicted_labels(results[name].probabilities, output_activation(converted.int_graph))[0]
             save_mask_png(labels[name], results[name].probabilities.shape[1], output / f"mask-{name}.png")
+        float_labels = None
+        if converted.meta["calibration"].get("integer_aware") and "torch" in results:
+            from medqk.checkpoint import load_checkpoint
+            from medqk.convert.pipeline import torch_probabilities
+            from medqk.defaults import default_checkpoint_path
+
+            plain = load_checkpoint(checkpoint if checkpoint is not None else default_checkpoint_path())
+            float_labels = predicted_labels(torch_probabilities(plain, images), output_activation(converted.int_graph))[0]
         console.info("[3/3] counting operations and energy")
         activity = act.from_images(converted.int_graph, iter([("demo", images[0])]), 1)
         report = analyze(converted, activity, get_model("float45"), [], "default model" if checkpoint is None else Path(checkpoint).name)
         (output / "energy.json").write_text(json.dumps(report, indent=2))
         loihi_file = model_dir / "loihi2.json"
         loihi = json.loads(loihi_file.read_text()) if loihi_file.is_file() else None
-        return cls(model_dir, images[0], mask, results, labels, report, loihi)
+        return cls(model_dir, images[0], mask, results, labels, report, loihi, float_labels)
 
     def agreement(self) -> dict[str, dict]:
         """Each backend's mask against torch's, and whether integer backends equal the integer interpreter."""
@@ -207,7 +220,8 @@ class DemoRun:
         for name, r in self.results.items():
             row = {"seconds": r.seconds}
             if reference is not None:
-                row.update(label_agreement(self.labels[name], self.labels["torch"]))
+                float_backend = self.float_labels is not None and name in FLOAT_BACKENDS
+                row.update(label_agreement(self.labels[name], self.float_labels if float_backend else self.labels["torch"]))
             if golden is not None and name in ("onnx-int", "lava"):
                 row["bit_exact_with_ir_int"] = bool(np.array_equal(r.probabilities, golden.probabilities))
             if self.mask is not None:
@@ -216,6 +230,8 @@ class DemoRun:
         return rows
 
     def summary(self) -> dict:
+        from medqk.convert.pipeline import label_agreement
+
         rows = self.agreement()
         exact = all(r.get("bit_exact_with_ir_int", True) for r in rows.values())
         # float backends must reproduce torch; integer ones differ from it by quantization only
@@ -223,7 +239,9 @@ class DemoRun:
                     for name, r in rows.items())
         t = self.energy_report["totals"]
         baselines = {b["name"]: b["energy_pj"] for b in self.energy_report["baselines"]}
-        return {"model_dir": str(self.directory), "backends": rows, "all_agree": exact and close,
+        fixed_point = ({"float_network_vs_torch": label_agreement(self.float_labels, self.labels["torch"])}
+                       if self.float_labels is not None else {})
+        return {"model_dir": str(self.directory), "backends": rows, "all_agree": exact and close, **fixed_point,
                 "energy_pj": {"snn": t["energy_pj"], **baselines}, "loihi2": (self.loihi or {}).get("summary")}
 
     def format_summary(self) -> str:
@@ -231,7 +249,12 @@ class DemoRun:
         for name, r in self.agreement().items():
             exact = {True: "yes", False: "NO"}.get(r.get("bit_exact_with_ir_int"), "")
             lines.append(f"{name:<10}  {r['seconds']:7.3f} s  {r.get('dice', float('nan')):13.4f}   {exact}")
-        e = self.summary()["energy_pj"]
+        summary = self.summary()
+        if "float_network_vs_torch" in summary:
+            lines.append("(a fine-tuned, integer-aware model: torch runs it as trained, through its fixed-point forward "
+                         "pass; ir and onnx are compared with the same weights as a plain float network, which gives "
+                         f"Dice {summary['float_network_vs_torch']['dice']:.4f} against torch)")
+        e = summary["energy_pj"]
         lines.append("energy per image: " + ", ".join(f"{k} {v / 1e6:.3g} uJ" for k, v in e.items()))
         return "\n".join(lines)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Callable
 
 from medqk import console
+from medqk.checkpoint import NETWORK_RESOLVERS
 
 #: Functions ``(tmp_dir, converted_model)`` that add files to a model directory before it is
 #: renamed into place (ONNX models, the Loihi 2 resource report). Backends append to it.
@@ -21,6 +22,19 @@ def write_onnx(tmp_dir: Path, model) -> None:
 
 
 OUTPUT_WRITERS.append(write_onnx)
+
+
+def resolve_integer_aware(model, metadata, input_shape):
+    """Integer-aware fine-tuned checkpoints run through their integer graph (finetune is imported
+    only when a checkpoint records one)."""
+    if not (metadata.get("training") or {}).get("integer_formats"):
+        return None
+    from medqk.convert.finetune import integer_aware_network
+
+    return integer_aware_network(model, metadata, input_shape)
+
+
+NETWORK_RESOLVERS.append(resolve_integer_aware)
 
 
 def register(subparsers) -> None:
@@ -57,6 +71,8 @@ def register(subparsers) -> None:
                    help="with --model: the network input the graph is built for (default: 3 and --image-size, or 3 256 256)")
     p.set_defaults(func=run_convert)
 
+    _register_finetune(subparsers)
+
     p = subparsers.add_parser("inspect", help="print a converted model's node table; draw its graph",
                               description="Print the node table of a converted model (op, shape, kind, parameters, "
                                           "MACs, quantization) and optionally draw the graph.")
@@ -67,6 +83,55 @@ def register(subparsers) -> None:
                    help="list the processes of the model's Lava graph instead (class, library, shape, weight and message "
                         "bits, delay, the step its output is valid); --json writes them as a list of objects")
     p.set_defaults(func=run_inspect)
+
+
+def _register_finetune(subparsers) -> None:
+    from medqk.commands import _add_data_arguments, _positive_int
+
+    p = subparsers.add_parser(
+        "finetune", help="fine-tune a checkpoint through its own integer graph (integer-aware training)",
+        description="Fine-tune MedQKFormer with the converted integer graph in the forward pass: weights rounded to "
+                    "their 8-bit mantissas and exponents (BatchNorm folded with its running statistics), every state "
+                    "rounded to its fixed-point format, NISF as the integer graph computes it, gradients straight "
+                    "through. The state formats are calibrated once on the training images and recorded in the "
+                    "output checkpoint; `medqk convert` uses them, so the integer graph is the network that was "
+                    "validated, and medqk's torch backend runs such a checkpoint through the same forward pass. Each "
+                    "epoch is validated through the integer graph; the best epoch (epoch 0: the checkpoint as "
+                    "converted) is written to -o after every improvement. Under torchrun, data-parallel like train.")
+    p.add_argument("checkpoint", nargs="?", type=Path,
+                   help="a medqk checkpoint or a bare reference state_dict (.pt); default: the embedded default model")
+    _add_data_arguments(p)
+    p.add_argument("-o", "--output", type=Path, required=True, help="the fine-tuned checkpoint to write (.pt)")
+    p.add_argument("--epochs", type=_positive_int, default=5, help="epochs (default 5)")
+    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
+    p.add_argument("--image-size", type=_positive_int, nargs=2, metavar=("H", "W"),
+                   help="image size, multiples of 16, as the converted model will take them (default: the checkpoint's)")
+    p.add_argument("--crop", type=_positive_int, default=128, metavar="SIZE",
+                   help="train on random SIZE x SIZE windows (default 128; validation sees whole images)")
+    p.add_argument("--no-crop", dest="crop", action="store_const", const=None, help="train on whole images")
+    p.add_argument("--no-augment", dest="augment", action="store_false", help="train without augmentation")
+    p.add_argument("--synthetic-count", type=_positive_int, default=64,
+                   help="with --data synthetic: training images (validation: a quarter, at least 16) (default 64)")
+    p.set_defaults(func=run_finetune)
+
+
+def run_finetune(args) -> int:
+    from medqk.convert.finetune import FinetuneOptions, finetune
+    from medqk.errors import InputError
+    from medqk.outputs import check_files
+
+    check_files({"-o": args.output}, {"-o": (".pt", ".pth")})
+    if args.checkpoint is not None and args.output.resolve() == args.checkpoint.resolve():
+        raise InputError(f"-o {args.output} is the checkpoint being fine-tuned; write the result to another file")
+    result = finetune(FinetuneOptions(
+        checkpoint=args.checkpoint, data=args.data, out=args.output, layout=args.layout, epochs=args.epochs,
+        image_size=tuple(args.image_size) if args.image_size else None, crop=args.crop, batch_size=args.batch_size,
+        lr=args.lr, seed=args.seed, val_fraction=args.val_fraction, device=args.device, augment=args.augment,
+        synthetic_count=args.synthetic_count))
+    first, best = result.history[0], result.best
+    console.info(f"{result.stopped}; integer graph val DSC {first['val']['DSC']:.4f} before, {best['val']['DSC']:.4f} "
+                 f"after (epoch {best['epoch']}) -> {result.path} ({result.seconds:.0f} s)")
+    return 1 if result.diverged else 0
 
 
 def run_convert(args) -> int:
@@ -135,7 +200,10 @@ def format_summary(info: dict) -> str:
         f"  tensors    {kinds}",
         f"  quantized  median relative RMS error {q['median_rel_rms_error']:.2e} (real tensors), "
         f"{100 * q['mean_spike_mismatch']:.3f}% spikes differ, {q['saturated_values']} values saturated",
-        f"  vs torch   integer graph mask: pixel agreement {a['pixel_agreement']:.4f}, Dice {a['dice']:.4f} (calibration images)",
+        f"  vs torch   integer graph mask: pixel agreement {a['pixel_agreement']:.4f}, Dice {a['dice']:.4f} (calibration images)"
+        + (" against the fine-tuned network's own forward pass" if a.get("integer_aware") else ""),
+        *([f"             the same weights as a plain float network: pixel agreement {a['float_module']['pixel_agreement']:.4f}, "
+           f"Dice {a['float_module']['dice']:.4f}"] if a.get("integer_aware") else []),
         f"             (masks differ where a spike flips at a rounding boundary; `medqk compare {info['output']} --data DIR` "
         "scores each backend against your ground truth)",
         *(format_report(info["sensitivity"]) if info.get("sensitivity") else []),

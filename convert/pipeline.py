@@ -74,30 +74,40 @@ def architecture_figures(module, input_shape: tuple[int, int, int]) -> dict:
 
 
 def convert_graphs(module, input_shape: tuple[int, int, int], calibration_images: np.ndarray,
-                   meta: dict, sensitivity: bool = False) -> tuple[ConvertedModel, list[NodeQuantReport], dict]:
+                   meta: dict, sensitivity: bool = False,
+                   formats: dict[str, int] | None = None) -> tuple[ConvertedModel, list[NodeQuantReport], dict]:
     """Convert a torch module for inputs ``input_shape`` (C, H, W); returns the model, the per-node
-    quantization report and the integer graph's agreement with the torch module on the
+    quantization report and the integer graph's agreement with the torch network on the
     calibration images (mask pixels, or class labels for K outputs). ``sensitivity`` adds the
     module's own sensitivity and the attribution of the disagreement (``sensitivity.py``) to the
-    model's meta."""
+    model's meta. ``formats``: the state formats an integer-aware fine-tuning recorded; the torch
+    network is then the fine-tuned one, its integer graph's forward pass (``finetune.network_for``),
+    and the plain float module's agreement is reported beside it (``float_module``)."""
     with console.progress(None, desc="convert: trace and fold", total=3 + sensitivity, unit="stage") as bar:
         fgraph = passes.prepare(trace(module, tuple(input_shape)))
         bar.update()
         bar.set_description("convert: calibrate and quantize")
-        qgraph, report = quantize(fgraph, calibration_images)
+        qgraph, report = quantize(fgraph, calibration_images, formats)
         bar.update()
         bar.set_description("convert: compare with torch")
         activation = output_activation(qgraph)
-        torch_outputs = torch_probabilities(module, calibration_images)
-        agreement = label_agreement(predicted_labels(int_probabilities(qgraph, calibration_images), activation),
-                                    predicted_labels(torch_outputs, activation))
+        int_labels = predicted_labels(int_probabilities(qgraph, calibration_images), activation)
+        float_outputs = torch_probabilities(module, calibration_images)
+        float_module = label_agreement(int_labels, predicted_labels(float_outputs, activation))
+        agreement = float_module
+        if formats is not None:
+            from medqk.convert.finetune import network_for
+
+            fine_tuned = network_for(module, {"training": {"integer_formats": formats}}, tuple(input_shape))
+            agreement = {**label_agreement(int_labels, predicted_labels(torch_probabilities(fine_tuned, calibration_images), activation)),
+                         "integer_aware": True, "float_module": float_module}
         bar.update()
         if sensitivity:
             from medqk.convert.sensitivity import sensitivity_report
 
             bar.set_description("convert: sensitivity")
             meta = {**meta, "sensitivity": sensitivity_report(module, fgraph, qgraph, calibration_images,
-                                                              torch_outputs, agreement)}
+                                                              float_outputs, float_module)}
             bar.update()
     meta = {**meta, "image_size": list(input_shape[1:]), "output": {"activation": activation, "classes": int(qgraph.output.tensor.shape[0])},
             "architecture": architecture_figures(module, tuple(input_shape)), "calibration": {
@@ -176,7 +186,8 @@ def convert_checkpoint(path: Path | None, image_size: tuple[int, int] | None = N
         "model_config": model.config.to_dict(),
         "preprocessing": prep.to_dict(),
     }
-    return (*convert_graphs(model, (model.config.in_channels, *prep.size), images, meta, sensitivity), model)
+    formats = (info.get("training") or {}).get("integer_formats")
+    return (*convert_graphs(model, (model.config.in_channels, *prep.size), images, meta, sensitivity, formats), model)
 
 
 def preprocessing_for(input_shape: tuple[int, int, int]):

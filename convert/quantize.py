@@ -83,7 +83,7 @@ def calibrate(graph: Graph, images: np.ndarray) -> dict[str, float]:
     return peaks
 
 
-def _set_output_format(node: Node, graph: Graph, peaks: dict[str, float]) -> None:
+def _set_output_format(node: Node, graph: Graph, peaks: dict[str, float], formats: dict[str, int] | None) -> None:
     t = node.tensor
     if t.exact:
         return
@@ -95,6 +95,11 @@ def _set_output_format(node: Node, graph: Graph, peaks: dict[str, float]) -> Non
         if t.frac_bits is None:
             raise GraphError(f"node {node.name}: {node.op.type} of an integer spike map gives values that are not "
                              "integers; only nearest upsampling keeps spikes integers")
+    elif formats is not None:
+        if node.name not in formats:
+            raise GraphError(f"node {node.name}: no recorded fixed-point format for it (the checkpoint's formats were "
+                             "recorded for another network); convert it without them")
+        t.frac_bits = int(formats[node.name])
     else:
         t.frac_bits = choose_frac_bits(peaks[node.name])
     t.scale = 2.0 ** -t.frac_bits
@@ -188,16 +193,32 @@ def _quantize_op(node: Node, graph: Graph) -> None:
     quantizer(node, graph, [_ratio(graph[i]) for i in node.inputs], _ratio(node))
 
 
-def quantize(graph: Graph, calibration_images: np.ndarray) -> tuple[Graph, list[NodeQuantReport]]:
-    """Integer twin of a prepared float graph, calibrated on float images [N, C, H, W]."""
-    peaks = calibrate(graph, calibration_images)
+def quantize(graph: Graph, calibration_images: np.ndarray,
+             formats: dict[str, int] | None = None) -> tuple[Graph, list[NodeQuantReport]]:
+    """Integer twin of a prepared float graph, calibrated on float images [N, C, H, W]; with
+    ``formats`` (``recorded_formats`` of an earlier conversion, as integer-aware fine-tuning keeps
+    them) every real tensor gets its recorded fraction bits instead, so that the integer graph is
+    the one the weights were trained in. The images then only feed the error report."""
+    qgraph = quantized_graph(graph, None if formats is not None else calibrate(graph, calibration_images), formats)
+    return qgraph, error_report(graph, qgraph, calibration_images)
+
+
+def quantized_graph(graph: Graph, peaks: dict[str, float] | None, formats: dict[str, int] | None = None) -> Graph:
+    """The integer twin of ``graph`` with formats from calibration ``peaks`` or recorded ``formats``."""
     qgraph = copy.deepcopy(graph)
     for node in qgraph.nodes():
-        _set_output_format(node, qgraph, peaks)
+        _set_output_format(node, qgraph, peaks, formats)
         _quantize_op(node, qgraph)
     schedule(qgraph)
     validate(qgraph, quantized=True)
-    return qgraph, error_report(graph, qgraph, calibration_images)
+    return qgraph
+
+
+def recorded_formats(qgraph: Graph) -> dict[str, int]:
+    """{node: fraction bits} of every real tensor whose format calibration chose (what ``quantize``
+    takes back as ``formats``)."""
+    return {node.name: int(node.tensor.frac_bits) for node in qgraph.nodes()
+            if not node.tensor.exact and type(node.op) not in KEEP_INPUT_FORMAT}
 
 
 def run_quantized(qgraph: Graph, images: np.ndarray, record: bool = False):

@@ -49,7 +49,7 @@ class ModelHandle:
     @property
     def torch_model(self):
         if self._torch is None:
-            from medqk.checkpoint import file_sha256, load_checkpoint
+            from medqk.checkpoint import file_sha256
             from medqk.defaults import default_checkpoint_path
 
             checkpoint = self.path if self.path is not None else default_checkpoint_path()
@@ -65,7 +65,11 @@ class ModelHandle:
                     raise InputError(f"the torch backend needs the checkpoint {self.path} was converted from "
                                      f"({checkpoint}, sha256 {source['sha256'][:12]}...), which is missing or changed; "
                                      "pass the checkpoint itself as MODEL")
-            self._torch = load_checkpoint(checkpoint)
+            from medqk.checkpoint import load_checkpoint_payload
+            from medqk.convert.finetune import network_for
+
+            model, metadata = load_checkpoint_payload(checkpoint)
+            self._torch = network_for(model, metadata, (model.config.in_channels, *self.converted.image_size))
         return self._torch
 
     def preprocessing(self):

@@ -72,6 +72,8 @@ CLASSES = {
         "ComplementNeuron", "LogitSink")},
 }
 SYNAPSES = ("Conv", "Sparse", "DelaySparse")
+#: the host's ends of the graph: neither a neuron nor a synapse (on a chip, the host interface)
+HOST = ("ImageSource", "LogitSink")
 
 
 @dataclasses.dataclass
@@ -101,6 +103,15 @@ class ProcessSpec:
     @property
     def library(self) -> str:
         return CLASSES[self.kind][1]
+
+    @property
+    def is_neuron(self) -> bool:
+        return self.kind not in (*SYNAPSES, *HOST)
+
+    @property
+    def size(self) -> int:
+        """Elements of the output: a neuron process's neurons, a synapse's dendritic sums."""
+        return math.prod(self.shape)
 
     def row(self) -> dict:
         """The JSON row of ``medqk inspect --lava``."""

@@ -7,17 +7,17 @@ medqk's fast models for Lava's processes (``lava_fast_models``) through ``Loihi2
 
 ``run_library`` is the ``lava-library`` backend of ``medqk run`` and ``medqk compare``: one run per
 image, with the activity by IR node (the activity file's populations and synapses), by process and
-by time step. Lava's own models count nothing, so each medqk neuron counts the synaptic events its
-spikes cause in the synapses it feeds (``synapse_feeds``).
+by time step. Lava's own models count nothing, so the sender of every synapse's input counts the
+synaptic events its spikes cause there (``synapse_feeds``): a medqk neuron itself, Lava's neurons
+(relays, products) and the image source through a ``SpikeProbe`` on their out port (``build``).
 """
 import dataclasses
-import math
 import time
 
 import numpy as np
 
 from medqk.convert.synapses import fan_out as synaptic_fan_out
-from medqk.deploy.lava_graph import LAVA, MEDQK, SYNAPSES, LavaGraph, ProcessSpec, lower
+from medqk.deploy.lava_graph import LAVA, SYNAPSES, LavaGraph, ProcessSpec, lower
 from medqk.deploy.lava_layout import from_whc, lava_conv_groups, lava_conv_weight, to_whc, xy
 from medqk.deploy.lava_runtime import lava_run, require_lava
 from medqk.errors import MedqkError
@@ -50,8 +50,10 @@ def upsample_weights(spec: ProcessSpec):
     for k, part in enumerate(taps):
         placement = scipy.sparse.csr_matrix((np.ones(width, np.int64), (k * width + np.arange(width), np.arange(width))),
                                             shape=(len(taps) * width, width))
-        parts.append(scipy.sparse.kron(part, placement))
-    return _sparse(sum(parts))
+        parts.append(scipy.sparse.kron(part, placement, format="coo"))
+    # the parts fill disjoint rows: concatenating their entries is their sum, without sparse additions
+    entries = [np.concatenate([getattr(part, key) for part in parts]) for key in ("data", "row", "col")]
+    return _sparse(scipy.sparse.coo_matrix((entries[0], tuple(entries[1:])), shape=parts[0].shape))
 
 
 def sparse_weights(spec: ProcessSpec):
@@ -75,18 +77,30 @@ def synapse_fan_out(spec: ProcessSpec, graph, source_shape: tuple) -> np.ndarray
 
 
 def synapse_feeds(lowered: LavaGraph, graph) -> dict[str, list[tuple[str, np.ndarray]]]:
-    """medqk neuron -> [(synapse process it feeds, fan-out of its output there)]: the neuron counts
-    the synaptic events of its spikes (``lava_neurons.GatedNeuron``). A synapse fed by one of Lava's
-    neurons (a relay, a product) or by the source goes uncounted."""
+    """Sender -> [(synapse process it feeds, fan-out of its output there)]: the sender's counters
+    (``lava_neurons.GatedNeuron``, or its ``SpikeProbe``) count the synaptic events of its spikes."""
     specs = {spec.name: spec for spec in lowered.processes}
     feeds: dict[str, list] = {}
     for spec in lowered.processes:
         if spec.kind in SYNAPSES:
             (port,) = spec.inputs["s_in"]  # a synapse reads one neuron's output (lava_graph.neuron_output)
             source = specs[port.rsplit(".", 1)[0]]
-            if source.library == MEDQK and source.kind != "ImageSource":
-                feeds.setdefault(source.name, []).append((spec.name, synapse_fan_out(spec, graph, source.shape)))
+            feeds.setdefault(source.name, []).append((spec.name, synapse_fan_out(spec, graph, source.shape)))
     return feeds
+
+
+def probed(spec: ProcessSpec) -> bool:
+    """Whether a process sends without counting: Lava's own neurons and the image source."""
+    return spec.kind == "ImageSource" or (spec.is_neuron and spec.library == LAVA)
+
+
+def probe_name(name: str) -> str:
+    return f"{name}/probe"
+
+
+def _stacked(feeds: list) -> np.ndarray | None:
+    """The fan-out Var of a counting process: one (W, H, C) row per synapse it feeds."""
+    return np.stack([f for _, f in feeds]) if feeds else None
 
 
 def _process(spec: ProcessSpec, image_whc: np.ndarray, feeds: list):
@@ -121,8 +135,7 @@ def _process(spec: ProcessSpec, image_whc: np.ndarray, feeds: list):
     if spec.kind == "LogitSink":
         return lava_neurons.LogitSink(spec.shape, spec.valid_step, name=name)
     params = {k: v for k, v in p.items() if k != "in_shape"}
-    fan_out = np.stack([f for _, f in feeds]) if feeds else None
-    return getattr(lava_neurons, spec.kind)(p["in_shape"], spec.shape, spec.valid_step, name, fan_out=fan_out, **params)
+    return getattr(lava_neurons, spec.kind)(p["in_shape"], spec.shape, spec.valid_step, name, fan_out=_stacked(feeds), **params)
 
 
 def _connect(source, target) -> None:
@@ -133,8 +146,11 @@ def _connect(source, target) -> None:
 
 
 def build(lowered: LavaGraph, image_whc: np.ndarray, feeds: dict) -> dict:
-    """The processes of ``lowered``, connected; ``image_whc`` is the input (W, H, C), ``feeds``
+    """The processes of ``lowered``, connected, and a ``SpikeProbe`` (``probe_name``) on the out port
+    of every ``probed`` process; ``image_whc`` is the input (W, H, C), ``feeds``
     ``synapse_feeds(lowered, graph)``."""
+    from medqk.deploy.lava_neurons import SpikeProbe
+
     require_lava()
     procs = {spec.name: _process(spec, image_whc, feeds.get(spec.name, [])) for spec in lowered.processes}
     for spec in lowered.processes:
@@ -142,6 +158,10 @@ def build(lowered: LavaGraph, image_whc: np.ndarray, feeds: dict) -> dict:
             for source in sources:
                 name, out_port = source.rsplit(".", 1)
                 _connect(getattr(procs[name], out_port), getattr(procs[spec.name], port))
+        if probed(spec):
+            probe = SpikeProbe(spec.shape, probe_name(spec.name), _stacked(feeds.get(spec.name, [])))
+            procs[spec.name].s_out.connect(probe.a_in)
+            procs[probe.name] = probe
     return procs
 
 
@@ -167,9 +187,9 @@ def run_config(models: str, processes):
 
 @dataclasses.dataclass
 class LibraryRun:
-    """One image through the library graph: integer logits [1, C, H, W], what each medqk neuron sent
-    ({process: {spikes, payload_sum}}), what arrived at each counted synapse ({process: {events,
-    acs}}), the steps and the timings."""
+    """One image through the library graph: integer logits [1, C, H, W], what each process that sends
+    spikes sent ({process: {spikes, payload_sum}}), what arrived at each synapse ({process: {events,
+    acs}}), the steps, the processes run (``SpikeProbe``s included) and the timings."""
 
     logits: np.ndarray
     sent: dict
@@ -207,10 +227,11 @@ def run_image(graph, x_int: np.ndarray, models: str = "fast", lowered: LavaGraph
                   chunk_steps=max(1, lowered.steps // 20)) as session:
         start = time.perf_counter()
         logits = from_whc(sink.read()).astype(np.int64)
-        sent = {name: dict(zip(SENT, _counts(p.sent, SENT)[0].tolist())) for name, p in procs.items() if hasattr(p, "sent")}
+        counters = {spec.name: procs.get(probe_name(spec.name), procs[spec.name]) for spec in lowered.processes}
+        sent = {name: dict(zip(SENT, _counts(p.sent, SENT)[0].tolist())) for name, p in counters.items() if hasattr(p, "sent")}
         synaptic = {synapse: dict(zip(SYNAPTIC, row.tolist()))
                     for name, targets in feeds.items()
-                    for (synapse, _), row in zip(targets, _counts(procs[name].synaptic, SYNAPTIC))}
+                    for (synapse, _), row in zip(targets, _counts(counters[name].synaptic, SYNAPTIC))}
         read_s = time.perf_counter() - start
     return LibraryRun(logits, sent, synaptic, lowered.steps, len(procs), wired + session.build_s, session.run_s, read_s)
 
@@ -222,44 +243,45 @@ def _total(runs: list[LibraryRun], field: str, name: str, key: str) -> int | Non
 
 
 def process_activity(lowered: LavaGraph, runs: list[LibraryRun]) -> dict:
-    """Per process, summed over the runs (images): spikes and payload a medqk neuron sent, synaptic
-    events and accumulates its spikes caused in a synapse, and neuron updates (every neuron of a
-    neuron process, at its valid step: the models compute then and refuse input at any other step).
-    None: not counted (Lava's own models count nothing)."""
+    """Per process, summed over the runs (images): spikes and payload it sent, synaptic events and
+    accumulates arriving at a synapse, and neuron updates: every neuron of a neuron process at every
+    step, as a Loihi core updates all its neurons each time step (a medqk neuron computes only at its
+    valid step on the CPU; on the chip its program would still run every step). None: a count the
+    process has no use for (a synapse sends no spikes, a neuron receives no synaptic events)."""
     table = {}
     for spec in lowered.processes:
-        neuron = spec.kind not in (*SYNAPSES, "ImageSource", "LogitSink")
         table[spec.name] = {
             "class": spec.cls, "node": spec.node, "valid_step": spec.valid_step,
             "spikes": _total(runs, "sent", spec.name, "spikes"), "payload_sum": _total(runs, "sent", spec.name, "payload_sum"),
             "synaptic_events": _total(runs, "synaptic", spec.name, "events"), "acs": _total(runs, "synaptic", spec.name, "acs"),
-            "neuron_updates": math.prod(spec.shape) * len(runs) if neuron else 0}
+            "neuron_updates": spec.size * lowered.steps * len(runs) if spec.is_neuron else 0}
     return table
 
 
-def step_activity(lowered: LavaGraph, processes: dict) -> list[dict]:
-    """``process_activity`` by time step: a neuron sends and updates at its valid step; a synapse's
-    events happen when its input arrives, at its valid step minus one and its delay."""
-    steps = [{"step": t, "spikes": 0, "payload_sum": 0, "synaptic_events": 0, "neuron_updates": 0}
+def step_activity(lowered: LavaGraph, processes: dict, images: int) -> list[dict]:
+    """``process_activity`` by time step: a process sends at its valid step; a synapse's events
+    happen when its input arrives, at its valid step minus one and its delay; every neuron updates
+    at every step."""
+    updates = sum(spec.size for spec in lowered.processes if spec.is_neuron) * images
+    steps = [{"step": t, "spikes": 0, "payload_sum": 0, "synaptic_events": 0, "neuron_updates": updates}
              for t in range(1, lowered.steps + 1)]
     for spec in lowered.processes:
         counts = processes[spec.name]
         arrival = spec.valid_step - 1 - spec.delay if spec.kind in SYNAPSES else spec.valid_step
-        for key, step in (("spikes", spec.valid_step), ("payload_sum", spec.valid_step), ("neuron_updates", spec.valid_step),
-                          ("synaptic_events", arrival)):
+        for key, step in (("spikes", spec.valid_step), ("payload_sum", spec.valid_step), ("synaptic_events", arrival)):
             steps[step - 1][key] += counts[key] or 0
     return steps
 
 
 def node_activity(graph, lowered: LavaGraph, processes: dict) -> dict:
     """The counters of ``medqk run --activity`` by IR node: NISF populations {nonzero, spike_sum},
-    counted synaptic nodes {acs, events} (their Conv or tap Sparse)."""
+    synaptic nodes {acs, events} (their Conv or tap Sparse)."""
     activity = {}
     for spec in lowered.processes:
         counts = processes[spec.name]
         if spec.kind == "NISFNeuron":
             activity[spec.node] = {"nonzero": counts["spikes"], "spike_sum": counts["payload_sum"]}
-        elif (spec.kind == "Conv" or "taps" in spec.params) and counts["synaptic_events"] is not None:
+        elif spec.kind == "Conv" or "taps" in spec.params:
             activity[spec.node] = {"acs": counts["acs"], "events": counts["synaptic_events"]}
     return activity
 
@@ -283,7 +305,7 @@ def run_library(handle, images: np.ndarray, models: str = "fast"):
         "models": models, "processes": len(lowered.processes),
         "lava_processes": sum(spec.library == LAVA for spec in lowered.processes), "steps": lowered.steps,
         "images": len(runs), **{f"{part}_seconds": value for part, value in seconds.items()},
-        "activity": node_activity(graph, lowered, processes), "per_step": step_activity(lowered, processes),
+        "activity": node_activity(graph, lowered, processes), "per_step": step_activity(lowered, processes, len(runs)),
         "process_activity": processes,
     })
 

@@ -18,21 +18,34 @@ from medqk.convert.fixed_point import STATE_BITS, saturate, saturated_count, shi
 from medqk.deploy.lava_graph import TAP_BYTE_BITS
 from medqk.deploy.lava_layout import combine_planes, split_planes
 from medqk.deploy.lava_neurons import (AddNeuron, AffineNeuron, ComplementNeuron, ConvNeuron, DigitPlanes, ImageSource,
-                                       LogitSink, NISFNeuron, RescaleNeuron, UpsampleNeuron)
+                                       LogitSink, NISFNeuron, RescaleNeuron, SpikeProbe, UpsampleNeuron)
 from medqk.errors import MedqkError
 
 _INT = LavaPyType(np.ndarray, np.int64)
 
 
-class _GatedModel(PyLoihiProcessModel):
-    """Receives every step; computes ``fire(x)`` and sends it at ``valid_step``, zeros otherwise."""
+class _CountingModel(PyLoihiProcessModel):
+    """A model that counts what its process sends (``lava_neurons._counters``)."""
 
     a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
-    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
-    valid_step: np.ndarray = _INT
     sent: np.ndarray = _INT
     fan_out: np.ndarray = _INT
     synaptic: np.ndarray = _INT
+
+    def count(self, value: np.ndarray) -> None:
+        """Add one send of ``value``: its graded spikes and their magnitudes, and per synapse that
+        reads it the events (nonzero payloads x fan-out) and accumulates (magnitude x fan-out)."""
+        magnitude = np.abs(value.astype(np.int64))
+        self.sent[:] += (np.count_nonzero(magnitude), int(magnitude.sum()))
+        for row, fan_out in enumerate(self.fan_out):
+            self.synaptic[row] += (int(fan_out[magnitude != 0].sum()), int((fan_out * magnitude).sum()))
+
+
+class _GatedModel(_CountingModel):
+    """Receives every step; computes ``fire(x)`` and sends it at ``valid_step``, zeros otherwise."""
+
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
+    valid_step: np.ndarray = _INT
 
     def run_spk(self) -> None:
         x = self.a_in.recv()
@@ -47,10 +60,7 @@ class _GatedModel(PyLoihiProcessModel):
                 error = f"value {int(np.abs(value).max())} exceeds the {STATE_BITS}-bit graded-spike payload"
             else:
                 y = value.astype(np.int32)
-                magnitude = np.abs(value)
-                self.sent[:] = (np.count_nonzero(y), int(magnitude.sum()))
-                for row, fan_out in enumerate(self.fan_out):
-                    self.synaptic[row] = (int(fan_out[magnitude != 0].sum()), int((fan_out * magnitude).sum()))
+                self.count(value)
         # send before raising: a consumer waiting on this step's message would otherwise hang the run
         self.s_out.send(y)
         if error:
@@ -154,6 +164,14 @@ class ComplementNeuronModel(_GatedModel):
         return self.one[0] - x
 
 
+@_model(SpikeProbe)
+class SpikeProbeModel(_CountingModel):
+    def run_spk(self) -> None:
+        x = self.a_in.recv()
+        if x.any():
+            self.count(x)
+
+
 @_model(ImageSource)
 class ImageSourceModel(PyLoihiProcessModel):
     s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
@@ -179,4 +197,5 @@ class LogitSinkModel(PyLoihiProcessModel):
 NEURON_MODELS = {NISFNeuron: NISFNeuronModel, DigitPlanes: DigitPlanesModel, ConvNeuron: ConvNeuronModel,
                  UpsampleNeuron: UpsampleNeuronModel, AffineNeuron: AffineNeuronModel, RescaleNeuron: RescaleNeuronModel,
                  AddNeuron: AddNeuronModel,
-                 ComplementNeuron: ComplementNeuronModel, ImageSource: ImageSourceModel, LogitSink: LogitSinkModel}
+                 ComplementNeuron: ComplementNeuronModel, ImageSource: ImageSourceModel, LogitSink: LogitSinkModel,
+                 SpikeProbe: SpikeProbeModel}

@@ -38,27 +38,44 @@ def _var(value) -> Var:
     return Var(shape=value.shape, init=value)
 
 
+def _counters(process: AbstractProcess, shape, fan_out) -> None:
+    """The activity Vars of a process that counts what it sends: ``sent`` (``SENT``); ``fan_out``
+    (k, W, H, C): the connections of each output element in each of the k synapse processes that
+    read it; ``synaptic`` (k, ``SYNAPTIC``): what its spikes caused there (a Loihi core counts
+    synaptic ops where the synapses are; Lava's own synapse models count nothing, so the sender
+    does)."""
+    process.sent = _var(np.zeros(len(SENT)))
+    fan_out = np.zeros((0, *shape), np.int64) if fan_out is None else np.asarray(fan_out, np.int64)
+    process.fan_out = Var(shape=fan_out.shape, init=fan_out)
+    process.synaptic = Var(shape=(len(fan_out), len(SYNAPTIC)), init=np.zeros((len(fan_out), len(SYNAPTIC)), np.int64))
+
+
 class GatedNeuron(AbstractProcess):
     """A graded neuron with one in port (its dendritic sum) that fires at ``valid_step`` only.
 
-    Vars: ``valid_step``; ``sent`` (``SENT``: what it sent, for the activity report); ``fan_out``
-    (k, W, H, C): the connections of each output element in each of the k synapse processes that
-    read it, and ``synaptic`` (k, ``SYNAPTIC``): what its spikes caused there (a Loihi core counts
-    synaptic ops where the synapses are; Lava's own synapse models count nothing, so the sender
-    does); plus each subclass's parameters, given as keyword arguments (integers or per-channel
-    arrays)."""
+    Vars: ``valid_step``; the activity counters (``_counters``); plus each subclass's parameters,
+    given as keyword arguments (integers or per-channel arrays)."""
 
     def __init__(self, in_shape, shape, valid_step: int, name: str, fan_out=None, **params):
         super().__init__(name=name, process_name=name)
         self.a_in = InPort(shape=tuple(in_shape))
         self.s_out = OutPort(shape=tuple(shape))
         self.valid_step = _var(valid_step)
-        self.sent = _var(np.zeros(len(SENT)))
-        fan_out = np.zeros((0, *shape), np.int64) if fan_out is None else np.asarray(fan_out, np.int64)
-        self.fan_out = Var(shape=fan_out.shape, init=fan_out)
-        self.synaptic = Var(shape=(len(fan_out), len(SYNAPTIC)), init=np.zeros((len(fan_out), len(SYNAPTIC)), np.int64))
+        _counters(self, shape, fan_out)
         for key, value in params.items():
             setattr(self, key, _var(value))
+
+
+class SpikeProbe(AbstractProcess):
+    """Counts what a process that keeps no counters sends (Lava's own neurons, ``ProdNeuron`` and
+    ``GradedVec``, and the image source), reading the same out port as its consumers: the activity
+    counters of ``_counters``. A measuring instrument of the CPU run, like Lava's monitors: not part
+    of the graph a chip would run."""
+
+    def __init__(self, shape, name: str, fan_out=None):
+        super().__init__(name=name, process_name=name)
+        self.a_in = InPort(shape=tuple(shape))
+        _counters(self, shape, fan_out)
 
 
 class NISFNeuron(GatedNeuron):

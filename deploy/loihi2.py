@@ -78,6 +78,10 @@ class Violation:
         kind = "limit" if self.limit.confirmed else "estimated limit"
         return f"{self.layer}: {self.limit.what} {self.value} > {kind} {self.limit.value} ({self.limit.source})"
 
+    def to_dict(self) -> dict:
+        return {"layer": self.layer, "limit": self.limit.what, "value": self.value, "bound": self.limit.value,
+                "confirmed": self.limit.confirmed, "text": str(self)}
+
 
 @dataclasses.dataclass(frozen=True)
 class LayerResources:
@@ -104,8 +108,7 @@ class ResourceReport:
         return {
             "totals": {k: getattr(self, k) for k in ("neurons", "synapses", "memory_bytes", "cores", "chips")},
             "layers": [dataclasses.asdict(layer) for layer in self.layers],
-            "violations": [{"layer": v.layer, "limit": v.limit.what, "value": v.value, "bound": v.limit.value,
-                            "confirmed": v.limit.confirmed, "text": str(v)} for v in self.violations],
+            "violations": [v.to_dict() for v in self.violations],
             "figures": [f.to_dict() for f in FIGURES],
         }
 

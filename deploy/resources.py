@@ -6,6 +6,10 @@ run on those neurons), the weights it stores, 8-bit mantissas, and its fan-in. C
 are counted once per layer (weight sharing); the interpolation synapses of an upsampling store
 their 2 x 2 taps (bilinear) or 1 tap (nearest) per output neuron. Spike inputs travel as graded payloads of ceil(log2(D + 1))
 bits, real-valued inputs as 24-bit payloads.
+
+``loihi2.json`` also holds the Lava library graph (``deploy.lava_graph``): its counts
+(``lava_library_graph``) and its resources process by process (``lava_library_resources``, from
+``deploy.loihi2_library``).
 """
 import json
 import math
@@ -57,18 +61,20 @@ def report_summary(report: ResourceReport) -> dict:
             "violations": len(report.violations)}
 
 
-def library_graph_summary(graph: Graph) -> dict:
-    """The Lava library graph of ``graph`` (``deploy.lava_graph``) in numbers: processes (Lava's and
-    medqk's), steps, delay synapses and their largest delay, relay neurons, layers fed digit planes;
-    or, where the lowering refuses the graph (an op without a Lava process, a layer whose dendritic
-    sums could wrap), ``refused`` with the message that names the layer."""
+def _lowered(graph: Graph):
+    """(the Lava library graph of ``graph``, None), or (None, {"refused": the message that names the
+    layer}) where the lowering refuses it (an op without a Lava process, a layer whose dendritic sums
+    could wrap)."""
     from medqk.deploy.lava_graph import lower
     from medqk.errors import MedqkError
 
     try:
-        lowered = lower(graph)
+        return lower(graph), None
     except MedqkError as error:
-        return {"refused": str(error)}
+        return None, {"refused": str(error)}
+
+
+def _summary_of(lowered) -> dict:
     kinds = [p.kind for p in lowered.processes]
     return {"processes": len(kinds), "lava_processes": sum(p.library == "lava" for p in lowered.processes),
             "steps": lowered.steps, "delay_synapses": kinds.count("DelaySparse"),
@@ -76,12 +82,36 @@ def library_graph_summary(graph: Graph) -> dict:
             "digit_plane_layers": kinds.count("DigitPlanes")}
 
 
+def library_graph_summary(graph: Graph) -> dict:
+    """The Lava library graph of ``graph`` (``deploy.lava_graph``) in numbers: processes (Lava's and
+    medqk's), steps, delay synapses and their largest delay, relay processes, layers fed digit planes;
+    or ``refused`` (``_lowered``)."""
+    lowered, refusal = _lowered(graph)
+    return refusal or _summary_of(lowered)
+
+
 def write_loihi2_json(directory: Path, model) -> None:
-    """The convert writer: ``loihi2.json`` with the summary, per-layer figures, violations and sources,
-    and the Lava library graph's figures (``library_graph_summary``)."""
+    """The convert writer: ``loihi2.json`` with the summary, per-layer figures, violations and sources
+    of the fused-layer model; the Lava library graph's counts (``lava_library_graph``) and its Loihi 2
+    resources process by process (``lava_library_resources``, ``_library_resources``)."""
     report = loihi2_report(model.int_graph)
-    doc = {"summary": report_summary(report), **report.to_dict(), "lava_library_graph": library_graph_summary(model.int_graph)}
+    lowered, refusal = _lowered(model.int_graph)
+    doc = {"summary": report_summary(report), **report.to_dict(),
+           "lava_library_graph": refusal or _summary_of(lowered),
+           "lava_library_resources": refusal or _library_resources(lowered)}
     (Path(directory) / "loihi2.json").write_text(json.dumps(doc, indent=2))
+
+
+def _library_resources(lowered) -> dict:
+    """``loihi2_library.library_resources``, or ``refused`` with the message that names the process
+    it cannot place: an auxiliary report must not stop a conversion."""
+    from medqk.deploy.loihi2_library import library_resources
+    from medqk.errors import MedqkError
+
+    try:
+        return library_resources(lowered)
+    except MedqkError as error:
+        return {"refused": str(error)}
 
 
 def format_summary(report: ResourceReport) -> str:

@@ -42,6 +42,8 @@ class Activity:
     spikes_in: dict[str, int] = dataclasses.field(default_factory=dict)
     #: per image: {"image", "acs", "events"} totals (interpreter runs only)
     per_image: list[dict] = dataclasses.field(default_factory=list)
+    #: a lava-library run's counts per time step (``STEP_COUNTS``), summed over the images
+    per_step: list[dict] = dataclasses.field(default_factory=list)
 
     def per_image_synapses(self) -> dict[str, tuple[float, float, float]]:
         """(ACs, events, nonzero input spikes) per image, the form ``counting.count_layers`` takes."""
@@ -131,6 +133,9 @@ def _require(doc: dict, key: str, path: Path, what: str):
     return doc[key]
 
 
+#: the counts of a per_step entry that the energy report prices
+STEP_COUNTS = ("spikes", "synaptic_events", "neuron_updates")
+
 #: what to do about a count that cannot be right
 RERECORD = "; record the file again with `medqk run --backend lava --activity F` (or lava-library)"
 
@@ -169,6 +174,10 @@ def from_file(path: Path, graph: Graph) -> Activity:
         raise InputError(f"activity file {path} covers {images} images")
     activity = empty_activity(graph, f"Lava activity file {path.name}, {images} image{'s' * (images != 1)}")
     activity.images = images
+    steps = doc.get("per_step", [])
+    if not isinstance(steps, list):
+        raise InputError(f"activity file {path}: per_step is not a list of steps{RERECORD}")
+    activity.per_step = [{key: _count(step, key, path, "a per_step entry") for key in STEP_COUNTS} for step in steps]
     pops, syns = _require(doc, "populations", path, "the file"), _require(doc, "synapses", path, "the file")
     for name, pop in activity.populations.items():
         entry, what = _require(pops, name, path, "populations"), f"population {name}"

@@ -41,6 +41,21 @@ ESTIMATES = [
 ]
 
 
+def per_step_view(per_step: list[dict], images: int) -> dict:
+    """A lava-library run's own counts (its activity file's ``per_step``) per image, priced: every
+    neuron update of every step (firing ones: the spikes sent), every synaptic op, every spike."""
+    total = {key: sum(step[key] for step in per_step) / images for key in ("spikes", "synaptic_events", "neuron_updates")}
+    rows = [("neuron updates, firing", total["spikes"], NEURON_ACTIVE),
+            ("neuron updates, silent", total["neuron_updates"] - total["spikes"], NEURON_INACTIVE),
+            ("synaptic ops", total["synaptic_events"], SYNAPTIC_OP), ("spikes sent", total["spikes"], SPIKE_IN_TILE)]
+    out = [{"quantity": q, "count": n, "price_pj": p.pj, "price": f"{p.what} ({p.kind})", "energy_pj": n * p.pj}
+           for q, n, p in rows]
+    return {"steps": len(per_step), "rows": out, "energy_pj": sum(r["energy_pj"] for r in out), "source": DAVIES,
+            "note": "firing updates are counted as the spikes sent, the image's values included (an over-count by at "
+                    "most the input's size); the CPU run computes a neuron at its valid step only, the chip updates "
+                    "every neuron at every step"}
+
+
 def chip_view(activity: Activity, layers: list[LayerCount]) -> dict:
     """Idealised and chip counts per image, each priced, for the layers of the analysed graph."""
     per_image = 1 / activity.images

@@ -10,7 +10,7 @@ import numpy as np
 
 from medqk.energy.activity import Activity
 from medqk.energy.baselines import Baseline
-from medqk.energy.chip import chip_view
+from medqk.energy.chip import chip_view, per_step_view
 from medqk.energy.counting import LayerCount
 from medqk.energy.models import EnergyModel
 
@@ -117,6 +117,7 @@ def build(model: dict, layers: list[LayerCount], other_ops: dict[str, int], acti
         "per_image": [{**p, "ops_pj": energy_model.ops_pj(totals["macs"], p["acs"], p["events"])}
                       for p in activity.per_image],
         "chip": chip_view(activity, layers),
+        **({"chip_per_step": per_step_view(activity.per_step, activity.images)} if activity.per_step else {}),
         **({} if graph is None else {"neurobench": neurobench_figures(graph, activity, totals, twin, model["params"])}),
     }
 
@@ -215,7 +216,12 @@ def chip_table(report: dict) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
 
 
 def _chip_notes(report: dict) -> str:
-    return f"prices: Loihi 1 figures ({report['chip']['source']}); estimates: " + "; ".join(report["chip"]["estimates"])
+    notes = f"prices: Loihi 1 figures ({report['chip']['source']}); estimates: " + "; ".join(report["chip"]["estimates"])
+    view = report.get("chip_per_step")
+    if view is None:
+        return notes
+    counts = ", ".join(f"{r['quantity']} {si(r['count'])}" for r in view["rows"])
+    return f"{notes}\nthe Lava run, per step ({view['steps']} steps): {counts} -> {energy(view['energy_pj'])}"
 
 
 def format_terminal(report: dict) -> str:

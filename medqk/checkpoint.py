@@ -37,6 +37,20 @@ from medqk.networks import MEDQKFORMER, NETWORKS, build_network, display_name, n
 
 FORMAT = "medqk-checkpoint"
 FORMAT_VERSION = 1
+
+#: Functions (model, metadata, input_shape) -> the network a checkpoint stands for, or None. The
+#: conversion package registers one for integer-aware fine-tuned checkpoints (which run through
+#: their integer graph); ``medqk`` itself knows nothing of integer graphs.
+NETWORK_RESOLVERS: list = []
+
+
+def checkpoint_network(model: torch.nn.Module, metadata: dict, input_shape: tuple[int, int, int]) -> torch.nn.Module:
+    """The network a loaded checkpoint stands for: ``model``, unless a registered resolver says otherwise."""
+    for resolve in NETWORK_RESOLVERS:
+        network = resolve(model, metadata, input_shape)
+        if network is not None:
+            return network
+    return model
 ZIP_MAGIC = b"PK\x03\x04"      # torch.save's format since torch 1.6
 PICKLE_MAGIC = b"\x80"          # the legacy format: a bare pickle stream
 

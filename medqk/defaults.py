@@ -3,10 +3,14 @@
 ``medqk/assets/default.pt`` is a medqk checkpoint of MedQKFormer with widths (8, 16, 32, 64) and
 D = 4, trained with the paper's recipe on the synthetic generator at 64x64 (seed 41, 256 training
 images, no augmentation: the generator already varies shape, colour and position) on one CPU
-thread until its validation DSC reached ``DEFAULT_TARGET_DICE`` or ``DEFAULT_MAX_EPOCHS`` passed.
-Rebuild it with::
+thread until its validation DSC reached ``DEFAULT_TARGET_DICE`` or ``DEFAULT_MAX_EPOCHS`` passed,
+then fine-tuned through its integer graph for 5 epochs (``medqk finetune``), so that the model
+every command and the demo start from is the one the chip computes (its checkpoint records the
+integer graph's state formats). Rebuild it with::
 
-    python -m medqk.defaults --rebuild
+    python -m medqk.defaults --rebuild --out /tmp/default-float.pt
+    OMP_NUM_THREADS=1 medqk finetune /tmp/default-float.pt --data synthetic --synthetic-count 256 \
+        --no-crop --no-augment --epochs 5 -o medqk/assets/default.pt
 
 One thread, because the thread count changes the order of floating-point sums and this training is
 chaotic: with two threads the same seed takes another path. Another CPU model or torch version can

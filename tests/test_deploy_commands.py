@@ -82,3 +82,6 @@ def test_convert_writes_the_loihi2_report(model_dir):
     s = doc["summary"]
     assert s["layers"] == 57 and s["cores"] >= 1 and s["chips"] >= 1
     assert {f["what"] for f in doc["figures"]} and all("source" in f for f in doc["figures"])
+    library = doc["lava_library_resources"]  # the library graph's figures, process by process (loihi2_library)
+    assert library["totals"]["neurons"] == sum(p["neurons"] for p in library["neuron_processes"]) > 0
+    assert library["totals"]["delay_synapses"] == doc["lava_library_graph"]["delay_synapses"] > 0

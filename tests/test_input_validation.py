@@ -230,6 +230,9 @@ BAD_COUNTS = {
     "more events than connections": (_set("synapses", "events", 10 ** 15), "more than"),
     "ACs above D x events": (_set("synapses", "acs", lambda s: 4 * s["events"] + 1), "more than"),
     "fewer ACs than events": (_set("synapses", "acs", lambda s: s["events"] - 1), "fewer than"),
+    "a negative per-step count": (lambda doc: doc.update(per_step=[{"step": 1, "spikes": -1, "synaptic_events": 0,
+                                                                   "neuron_updates": 0}]), "not a count"),
+    "per-step counts that are not a list": (lambda doc: doc.update(per_step=7), "not a list"),
 }
 
 

@@ -198,6 +198,9 @@ def test_run_backend_lava_library_equals_ir_int_and_its_activity_feeds_the_energ
     assert main(["-q", "energy", "report", str(sdqk_dir), "--json", str(from_interpreter)]) == 0
     a, b = json.loads(from_lava.read_text()), json.loads(from_interpreter.read_text())
     assert a["totals"] == b["totals"] and a["firing"] == b["firing"]
+    # the run's own counts per step are priced in a section of their own (the interpreter has none)
+    priced = {row["quantity"]: row["count"] for row in a["chip_per_step"]["rows"]}
+    assert priced["synaptic ops"] == sum(s["synaptic_events"] for s in per_step) and "chip_per_step" not in b
 
 
 def test_lava_models_needs_the_library_backend(sdqk_dir, capsys):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from medqk.convert import elementwise as ew
-from medqk.convert import interpret_float, interpret_int, neurons, passes, quantize, synapses, to_onnx
+from medqk.convert import interpret_float, interpret_int, interpret_torch, neurons, passes, quantize, synapses, to_onnx
 from medqk.convert.graph import Graph, Node, TensorInfo
 from medqk.convert.io import Input
 from medqk.convert.op import OP_TYPES, Op, OpRefused, Refused, rule
@@ -20,6 +20,7 @@ from medqk.errors import MedqkError
 TABLES = {
     "float semantics": interpret_float.OPS,
     "integer semantics": interpret_int.OPS,
+    "integer semantics in torch": interpret_torch.OPS,
     "typing rule": passes.TYPING,
     "scale folding": passes.ABSORB_SCALES,
     "integer form": quantize.QUANTIZERS,

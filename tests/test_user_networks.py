@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from medqk.convert import factory, interpret_int, register_neuron
+from medqk.convert import factory, interpret_int, interpret_torch, register_neuron
 from medqk.convert.io import quantize_input
 from medqk.convert.neuron_registry import TraceError
 from medqk.convert.pipeline import convert_module, predicted_labels, torch_probabilities
@@ -53,6 +53,9 @@ def test_example_network_converts_and_every_backend_agrees(example, tmp_path):
 
     x_int = quantize_input(images, qgraph.input.tensor.frac_bits)
     ir_int = interpret_int.run(qgraph, x_int)
+    with torch.no_grad():  # the differentiable twin that integer-aware fine-tuning trains through
+        in_torch = interpret_torch.run(qgraph, interpret_torch.graph_parameters(qgraph), torch.as_tensor(x_int, dtype=torch.float64))
+    assert np.array_equal(in_torch.numpy(), ir_int)
     onnx_int = int_logits(open_session(tmp_path / "model" / "model-int.onnx", "model-int.onnx"), images)
     assert np.array_equal(ir_int, onnx_int)
 
