@@ -163,11 +163,8 @@ class IntegerAwareNetwork(nn.Module):
                                               passes.prepare(trace(network, input_shape)), qgraph)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        params = self.parameters_of()
-        if images.dtype != torch.float32:
-            params = {name: {k: v.to(images.dtype) if torch.is_tensor(v) else v for k, v in p.items()}
-                      for name, p in params.items()}
-        return interpret_torch.forward(self.qgraph, params, images)
+        """``images`` in the network's dtype (float64 for exact integers: ``network_for``)."""
+        return interpret_torch.forward(self.qgraph, self.parameters_of(), images)
 
 
 def integer_graph(network: nn.Module, input_shape: tuple[int, int, int], formats: dict[str, int]) -> Graph:
