@@ -66,9 +66,9 @@ def _register_train(subparsers) -> None:
                         help="ReduceLROnPlateau patience on the val loss (default 30)")
     parser.add_argument("--target-dice", type=float, default=None, help="stop as soon as val DSC reaches this")
     parser.add_argument("--freeze-bn-from", type=_positive_int, default=None, metavar="EPOCH",
-                        help="from this epoch on, estimate BatchNorm statistics once over the training images and "
-                             "train with them frozen, so training optimises the network that is evaluated and "
-                             "deployed (in neither recipe; see docs/model-and-training.md)")
+                        help="from this epoch on, estimate BatchNorm statistics once over the whole, un-augmented "
+                             "training images and train with them frozen, so training optimises the network that "
+                             "is evaluated and deployed (in neither recipe; see docs/model-and-training.md)")
     parser.add_argument("--synthetic-count", type=_positive_int, default=256,
                         help="synthetic training images (validation: a quarter, at least 16) (default 256)")
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="train without augmentation")
@@ -81,9 +81,12 @@ def _register_train(subparsers) -> None:
                         help="medqk (default): the paper's recipe with two departures, --bn-statistics epoch and "
                              "--schedule cosine; paper: the published recipe exactly (--bn-statistics running, "
                              "--schedule plateau). Explicit flags override the recipe's")
-    parser.add_argument("--bn-statistics", default=None, choices=("running", "epoch"),
+    parser.add_argument("--bn-statistics", default=None, choices=("running", "epoch", "population"),
                         help="BatchNorm statistics that evaluation and deployment use: epoch (medqk recipe: an "
-                             "average over each epoch's training batches) or running (paper: momentum 0.1)")
+                             "average over the epoch's training batches), population (recomputed after each "
+                             "epoch's steps over the whole, un-augmented training images: +0.04-0.055 val DSC on "
+                             "MoNuSeg for one extra forward pass of them per epoch, 1.32x at 256x256) or running "
+                             "(paper: momentum 0.1)")
     parser.add_argument("--schedule", default=None, choices=("plateau", "cosine"),
                         help="learning rate: cosine (medqk recipe: to 0 over --epochs) or plateau (paper: "
                              "ReduceLROnPlateau on the val loss, --lr-patience)")
@@ -149,7 +152,7 @@ def _check_training_size(args: argparse.Namespace) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from medqk.checkpoint import load_checkpoint_payload
+    from medqk.checkpoint import checkpoint_network, load_checkpoint_payload
     from medqk.data import Preprocessing
     from medqk.defaults import default_checkpoint_path
     from medqk.evaluate import evaluate, evaluation_dataset, write_json
@@ -165,8 +168,10 @@ def run_eval(args: argparse.Namespace) -> int:
     prep = Preprocessing.from_dict(metadata["preprocessing"])
     device = resolve_device(args.device)
     dataset, share = evaluation_dataset(args.data, prep, args.layout, args.split, args.val_fraction, args.seed, args.count)
-    console.info(f"evaluating {checkpoint} on {share} at {prep.size[0]}x{prep.size[1]}")
-    result = evaluate(model.to(device), dataset, device, args.batch_size, args.masks_dir, prep.channel_order)
+    network = checkpoint_network(model, metadata, (prep.channels, *prep.size))
+    console.info(f"evaluating {checkpoint} on {share} at {prep.size[0]}x{prep.size[1]}"
+                 + (" through its integer graph (integer-aware fine-tuned)" if network is not model else ""))
+    result = evaluate(network.to(device), dataset, device, args.batch_size, args.masks_dir, prep.channel_order)
     console.info(result.table())
     record = {"checkpoint": str(checkpoint), "sha256": metadata["sha256"], "data": args.data, "share": share,
               **result.to_json()}
