@@ -46,8 +46,9 @@ def test_the_torch_twin_in_float64_is_the_integer_interpreter_bit_for_bit(conver
     assert np.array_equal(_torch_stored(qgraph, interpret_torch.graph_parameters(qgraph), images), expected)
 
 
-def test_the_twin_is_bit_exact_on_the_trained_checkpoint_at_256(monuseg_trained):
-    qgraph, image = monuseg_trained.qgraph, monuseg_trained.images[:1]
+def test_the_twin_is_bit_exact_on_the_trained_checkpoint(monuseg_trained):
+    # its graph at 256x256 runs a 64x64 window of a validation image (every op is size-agnostic)
+    qgraph, image = monuseg_trained.qgraph, monuseg_trained.images[:1, :, 96:160, 96:160]
     expected = interpret_int.run(qgraph, quantize_input(image, qgraph.input.tensor.frac_bits))
     assert np.array_equal(_torch_stored(qgraph, interpret_torch.graph_parameters(qgraph), image), expected)
 
