@@ -6,7 +6,7 @@ read by the energy analyzer), and the graph fingerprint that ties a file to its 
      "images": 3,
      "populations": {"<NISF node>": {"neurons": 2097152, "spike_sum": 81234, "nonzero": 40211}, ...},
      "synapses": {"<synaptic node>": {"acs": 5123456, "events": 2534112}, ...},
-     # optional, written by the lava-library backend:
+     # optional, written by the lava backend:
      "per_step": [{"step": 1, "spikes": 0, "payload_sum": 0, "synaptic_events": 0, "neuron_updates": 0}, ...],
      "processes": {"<Lava process>": {"class": "lava.proc.conv.process.Conv", "node": "<IR node>",
                                       "valid_step": 3, "spikes": null, "payload_sum": null,

@@ -2,8 +2,8 @@
 
 A backend is a function ``(handle: ModelHandle, images: float32 [N, C, H, W]) -> RunResult``.
 ``torch`` runs the checkpoint's module, ``ir`` the float interpreter, ``ir-int`` the integer
-interpreter; the ONNX and Lava modules register theirs in ``BACKENDS`` (``lava``: fused layers;
-``lava-library``: Lava's library processes, which also takes ``models="fast"|"reference"``).
+interpreter; the ONNX and Lava modules register theirs in ``BACKENDS`` (``lava``: the graph of
+Lava's library processes, which also takes ``models="fast"|"reference"``).
 """
 from __future__ import annotations
 
@@ -105,10 +105,8 @@ BACKENDS: dict[str, Callable[[ModelHandle, np.ndarray], RunResult]] = {
     "ir-int": run_ir_int,
 }
 
-from medqk.deploy.lava_library import BACKENDS as _LAVA_LIBRARY_BACKENDS  # noqa: E402  (lava-library)
-from medqk.deploy.lava_lowering import BACKENDS as _LAVA_BACKENDS  # noqa: E402  (lava)
+from medqk.deploy.lava_library import BACKENDS as _LAVA_BACKENDS  # noqa: E402  (lava)
 from medqk.deploy.onnx_runtime import BACKENDS as _ONNX_BACKENDS  # noqa: E402  (onnx, onnx-int)
 
 BACKENDS.update(_ONNX_BACKENDS)
 BACKENDS.update(_LAVA_BACKENDS)
-BACKENDS.update(_LAVA_LIBRARY_BACKENDS)

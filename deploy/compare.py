@@ -141,7 +141,7 @@ def register(subparsers) -> None:
     p.add_argument("--count", type=int, default=32, help="synthetic images (default %(default)s)")
     p.add_argument("--backends", nargs="+", choices=sorted(BACKENDS), default=list(DEFAULT_BACKENDS), metavar="BACKEND",
                    help=f"backends to run, the first is the reference (default: {' '.join(DEFAULT_BACKENDS)}; "
-                        f"also: lava and lava-library (fast models), one image at a time); choices: {', '.join(sorted(BACKENDS))}")
+                        f"also: lava (fast models, one image at a time)); choices: {', '.join(sorted(BACKENDS))}")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="input size when MODEL is a checkpoint")
     p.add_argument("--batch-size", type=int, default=8, help="images per backend call (default %(default)s)")
     p.add_argument("--json", type=Path, metavar="F", help="also write every backend's nine metrics and agreement as JSON")

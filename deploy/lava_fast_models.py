@@ -6,13 +6,14 @@ selected through ``Loihi2SimCfg``'s ``exception_proc_model_map`` so the graph do
 - ``Conv``: torch's convolution through ``kernels.exact_int`` (exact integer results) instead of
   one ``scipy.signal.convolve2d`` per channel pair, then Lava's 24-bit ``signed_clamp``;
 - every model skips its work in a step whose input is all zero (it sends what the Lava model would:
-  its buffer, then zeros).
+  its buffer, then zeros), and reads its input through ``lava_messages.FastInPort`` and sends
+  ``silence`` and ``frozen`` results, so that a silent step copies and reads nothing;
+- ``DelaySparse`` keeps only the delayed input that is due, by step.
 
 Weights are clipped and truncated with Lava's own ``weightutils``, as Lava's models do.
 """
 import numpy as np
 from lava.magma.core.decorator import implements, requires, tag
-from lava.magma.core.model.py.model import PyLoihiProcessModel
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 from lava.proc.conv.models import PyConvModelFixed
@@ -27,6 +28,7 @@ from lava.proc.sparse.process import DelaySparse, Sparse
 from lava.utils.weightutils import clip_weights, determine_sign_mode, truncate_weights
 
 from medqk.convert import kernels
+from medqk.deploy.lava_messages import fast_port, frozen, is_silent, silence
 
 
 def _fast(proc):
@@ -36,15 +38,23 @@ def _fast(proc):
 
 
 def _lava_weights(model) -> None:
-    """Lava's clipping and truncation of a Sparse's weights (``PySparseModelBitAcc.run_spk``), once."""
+    """Lava's clipping and truncation of a Sparse's weights (``PySparseModelBitAcc.run_spk``), once,
+    applied to the stored weights only: both are element-wise and keep a zero zero."""
     if not model.weights_set:
-        sign_mode = model.proc_params.get("sign_mode") or determine_sign_mode(model.weights)
-        model.weights = clip_weights(model.weights, sign_mode, num_bits=8)
-        model.weights = truncate_weights(model.weights, sign_mode, model.proc_params.get("num_weight_bits", 8))
+        import scipy.sparse
+
+        weights = scipy.sparse.csr_matrix(model.weights)
+        sign_mode = model.proc_params.get("sign_mode") or determine_sign_mode(weights.data if weights.nnz else weights)
+        data = clip_weights(weights.data, sign_mode, num_bits=8)
+        data = truncate_weights(data, sign_mode, model.proc_params.get("num_weight_bits", 8))
+        model.weights = scipy.sparse.csr_matrix((data, weights.indices, weights.indptr), shape=weights.shape)
+        model.weights.eliminate_zeros()
         model.weights_set = True
 
 
 def _shifted(a: np.ndarray, weight_exp: int) -> np.ndarray:
+    if weight_exp == 0:
+        return a
     return np.left_shift(a, weight_exp) if weight_exp > 0 else np.right_shift(a, -weight_exp)
 
 
@@ -53,13 +63,15 @@ class FastConvModel(PyConvModelFixed):
     """Lava's fixed-point Conv, computed by torch; Lava's (W, H, C) layout and flipped kernel are
     turned back into torch's NCHW cross-correlation once."""
 
+    s_in = fast_port(PyConvModelFixed.s_in)
+
     def run_spk(self) -> None:
         if self.a_buf is None:
-            self.a_buf = np.zeros(self.a_out.shape, np.int32)
+            self.a_buf = silence(self.a_out.shape)
         self.a_out.send(self.a_buf)
         s_in = self.s_in.recv()
-        if not s_in.any():
-            self.a_buf = np.zeros(self.a_out.shape, np.int32)
+        if is_silent(s_in):
+            self.a_buf = silence(self.a_out.shape)
             return
         if not hasattr(self, "_torch_weight"):
             import torch
@@ -70,58 +82,82 @@ class FastConvModel(PyConvModelFixed):
         x = s_in.transpose(2, 1, 0)[None]
         acc = kernels.exact_int(kernels.conv2d, x, self._torch_weight, tuple(self.stride[::-1]), tuple(self.padding[::-1]),
                                 int(self.groups[0]), weight_sum=self._weight_sum)
-        self.a_buf = signed_clamp(acc[0].transpose(2, 1, 0), bits=24).astype(np.int32)
+        self.a_buf = frozen(signed_clamp(acc[0].transpose(2, 1, 0), bits=24).astype(np.int32))
 
 
 @_fast(Sparse)
 class FastSparseModel(PySparseModelBitAcc):
+    s_in = fast_port(PySparseModelBitAcc.s_in)
+
     def run_spk(self) -> None:
         _lava_weights(self)
         self.a_out.send(self.a_buff)
         s_in = self.s_in.recv()
-        if not s_in.any():
-            self.a_buff = np.zeros(self.a_out.shape, np.int32)
+        if is_silent(s_in):
+            self.a_buff = silence(self.a_out.shape)
             return
-        self.a_buff = _shifted(self.weights.dot(s_in.astype(np.int64)), int(self.proc_params.get("weight_exp", 0)))
+        self.a_buff = frozen(_shifted(self.weights.dot(s_in.astype(np.int64)), int(self.proc_params.get("weight_exp", 0)))
+                             .astype(np.int32))
 
 
 @_fast(DelaySparse)
 class FastDelaySparseModel(PyDelaySparseModelBitAcc):
-    """Lava's delay buffer as a ring (no roll of the whole buffer every step)."""
+    """Lava's delayed accumulation, kept as one array per time step that has input due instead of
+    Lava's (outputs, max_delay + 1) buffer ``a_buff`` (rolled every step, and mostly empty: one wave
+    crosses the graph), and computed only for the delays that occur (Lava multiplies a matrix
+    stacked over every delay up to the largest). Input at step t with delay k is sent at step
+    t + 1 + k, as by Lava's model."""
+
+    s_in = fast_port(PyDelaySparseModelBitAcc.s_in)
+
+    def _prepare(self) -> None:
+        import scipy.sparse
+
+        self._due: dict[int, np.ndarray] = {}
+        weights = self.weights.tocoo()
+        delays = np.asarray(scipy.sparse.csr_matrix(self.delays)[weights.row, weights.col]).ravel()
+        self._by_delay = []  # (k, the weights of delay k): Lava's get_delay_wgts_mat without its empty blocks
+        for k in np.unique(delays):
+            on = delays == k
+            part = scipy.sparse.csr_matrix((weights.data[on], (weights.row[on], weights.col[on])), shape=weights.shape)
+            self._by_delay.append((int(k), part))
 
     def run_spk(self) -> None:
         _lava_weights(self)
-        if not hasattr(self, "_head"):
-            self._head = 0
-            self._by_delay = self.get_delay_wgts_mat(self.weights, self.delays, self.a_buff.shape[-1] - 1).tocsr()
-        slots = self.a_buff.shape[-1]
-        self.a_out.send(self.a_buff[:, self._head])
+        if not hasattr(self, "_due"):
+            self._prepare()
+        due = self._due.pop(self.time_step, None)
+        self.a_out.send(silence(self.a_out.shape) if due is None else frozen(due))
         s_in = self.s_in.recv()
-        self.a_buff[:, self._head] = 0
-        self._head = (self._head + 1) % slots
-        if s_in.any():
-            act = self._by_delay.dot(s_in.astype(np.int64)).reshape(slots, -1)
-            act = _shifted(act, int(self.proc_params.get("weight_exp", 0)))
-            for k in range(slots):  # delay k lands k steps after the next one
-                self.a_buff[:, (self._head + k) % slots] += act[k].astype(self.a_buff.dtype)
+        if not is_silent(s_in):
+            x = s_in.astype(np.int64)
+            for k, weights in self._by_delay:
+                act = _shifted(weights.dot(x), int(self.proc_params.get("weight_exp", 0))).astype(self.a_buff.dtype)
+                step = self.time_step + 1 + k
+                self._due[step] = act if step not in self._due else self._due[step] + act
 
 
 @_fast(ProdNeuron)
 class FastProdNeuronModel(PyProdNeuronModelFixed):
+    a_in1 = fast_port(PyProdNeuronModelFixed.a_in1)
+    a_in2 = fast_port(PyProdNeuronModelFixed.a_in2)
+
     def run_spk(self) -> None:
         a, b = self.a_in1.recv(), self.a_in2.recv()
-        if not (a.any() and b.any()):
-            self.s_out.send(np.zeros(self.s_out.shape, np.int32))
+        if is_silent(a) or is_silent(b):
+            self.s_out.send(silence(self.s_out.shape))
             return
         v = np.right_shift(a.astype(np.int64) * b, int(self.exp[0]))
-        self.s_out.send((v * (np.abs(v) > self.vth[0])).astype(np.int32))
+        self.s_out.send(frozen((v * (np.abs(v) > self.vth[0])).astype(np.int32)))
 
 
 @_fast(GradedVec)
 class FastGradedVecModel(PyGradedVecModelFixed):
+    a_in = fast_port(PyGradedVecModelFixed.a_in)
+
     def run_spk(self) -> None:
         v = self.a_in.recv()
-        self.s_out.send(v * (np.abs(v) > self.vth[0]) if v.any() else np.zeros(self.s_out.shape, np.int32))
+        self.s_out.send(silence(self.s_out.shape) if is_silent(v) else frozen(v * (np.abs(v) > self.vth[0])))
 
 
 #: Lava library class -> medqk's fast model

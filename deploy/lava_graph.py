@@ -22,6 +22,8 @@ What each IR op becomes (``LOWERING``, keyed by op class; anything else is refus
   the sum to 24 bits, as the IR does. An operand the IR rescales first (a multiplier and rounding
   shift) passes a ``RescaleNeuron`` on its way.
 - ``nisf``, ``affine``, ``complement``: medqk neuron processes (``lava_neurons``).
+- ``maxpool2d``: a Lava ``Sparse`` (weights 0/1) gathers each window into compartments of the
+  output neuron, a ``MaxNeuron`` that keeps the largest (Lava has no max).
 - the output activation (``sigmoid``, ``softmax``): none; the sink reads the logits.
 
 Timing (``LoihiProtocol``: every process runs every step):
@@ -69,7 +71,7 @@ CLASSES = {
     "GradedVec": ("lava.proc.graded.process.GradedVec", LAVA),
     **{name: (f"medqk.deploy.lava_neurons.{name}", MEDQK) for name in (
         "ImageSource", "DigitPlanes", "ConvNeuron", "UpsampleNeuron", "NISFNeuron", "AffineNeuron", "RescaleNeuron", "AddNeuron",
-        "ComplementNeuron", "LogitSink")},
+        "ComplementNeuron", "MaxNeuron", "LogitSink")},
 }
 SYNAPSES = ("Conv", "Sparse", "DelaySparse")
 #: the host's ends of the graph: neither a neuron nor a synapse (on a chip, the host interface)
@@ -292,6 +294,33 @@ def _upsample(low: _Lowering, node: Node) -> None:
                in_shape=(*out[:2], len(taps) * count * out[2]))
 
 
+def window_taps(op: ew.MaxPool2d, w: int, h: int) -> list:
+    """The 0/1 matrices (W' H', W H) over flattened (W, H) pixels, one per offset (i, j) of a pooling
+    window: output pixel (x', y') reads input pixel (x' stride + i, y' stride + j)."""
+    import scipy.sparse
+
+    def pick(size: int, offset: int):
+        rows = np.arange((size - op.kernel) // op.stride + 1)
+        return scipy.sparse.csr_matrix((np.ones(len(rows), np.int64), (rows, rows * op.stride + offset)),
+                                       shape=(len(rows), size))
+    return [scipy.sparse.kron(pick(w, i), pick(h, j)).tocsr() for i in range(op.kernel) for j in range(op.kernel)]
+
+
+def _maxpool(low: _Lowering, node: Node) -> None:
+    """A Sparse gathers every window's inputs (0/1 weights: one term per sum, exact for any payload)
+    into their own compartments of the output neuron, which keeps the largest (``MaxNeuron``)."""
+    (source,), _ = low.inputs_at(node)
+    source = low.neuron_output(source, node.name)
+    w, h, c = source.shape
+    taps = window_taps(node.op, w, h)
+    out = whc(node.tensor.shape)
+    acc = low.synapse(node, source, f"{node.name}/window", "Sparse",
+                      {"window": taps, "channels": c, "n_out": math.prod(out) * len(taps), "flatten_input": True},
+                      1, _message_bits(source.peak), flat=True)
+    low.neuron(node, "MaxNeuron", {"a_in": acc.ports}, acc.step, source.peak, {"taps": len(taps)},
+               in_shape=(*out[:2], len(taps) * out[2]))
+
+
 def _channel_map(low: _Lowering, node: Node, source: Value, matrix: np.ndarray, name: str, peak: int) -> Value:
     """A per-pixel channel map (C_out, C_in) of weights 0/1 as a Sparse; returns its output, reshaped."""
     source = low.neuron_output(source, node.name)
@@ -393,7 +422,7 @@ LOWERING = {
     neurons.NISF: _nisf, neurons.Sigmoid: _output_activation, neurons.Softmax: _output_activation,
     neurons.ReLU: _HOST_ONLY, ew.Add: _add, ew.Mul: _mul, ew.Affine: _affine, ew.BatchNorm: _HOST_ONLY,
     ew.Complement: _complement, ew.GroupSum: _routing, ew.GroupBroadcast: _routing, ew.ChannelSlice: _routing,
-    ew.Concat: _concat, ew.MaxPool2d: Refused("max pooling has no Lava library process (float baselines only)"),
+    ew.Concat: _concat, ew.MaxPool2d: _maxpool,
 }
 
 

@@ -5,7 +5,7 @@ DelaySparse, ProdNeuron, GradedVec) and medqk's models for medqk's neurons; ``fa
 medqk's fast models for Lava's processes (``lava_fast_models``) through ``Loihi2SimCfg``'s
 ``exception_proc_model_map``. The graph is the same object either way.
 
-``run_library`` is the ``lava-library`` backend of ``medqk run`` and ``medqk compare``: one run per
+``run_library`` is the ``lava`` backend of ``medqk run`` and ``medqk compare``: one run per
 image, with the activity by IR node (the activity file's populations and synapses), by process and
 by time step. Lava's own models count nothing, so the sender of every synapse's input counts the
 synaptic events its spikes cause there (``synapse_feeds``): a medqk neuron itself, Lava's neurons
@@ -39,12 +39,11 @@ def channel_map_weights(spec: ProcessSpec):
                                      scipy.sparse.csr_matrix(spec.params["channel_map"])))
 
 
-def upsample_weights(spec: ProcessSpec):
-    """The tap bytes B_k on every plane and channel: output channel (k, p, c) of a pixel sums
-    B_k times input channel (p, c) (``lava_graph.upsample_taps``)."""
+def tap_weights(taps: list, planes: int, channels: int):
+    """The spatial matrices B_k on every plane and channel: output channel (k, p, c) of a pixel sums
+    B_k times input channel (p, c) (``lava_graph.upsample_taps``' bytes, ``window_taps``' offsets)."""
     import scipy.sparse
 
-    taps, planes, channels = spec.params["taps"], spec.params["planes"], spec.params["channels"]
     width = planes * channels
     parts = []
     for k, part in enumerate(taps):
@@ -60,9 +59,12 @@ def sparse_weights(spec: ProcessSpec):
     """The weight matrix of a Sparse or DelaySparse spec (a DelaySparse is an identity)."""
     import scipy.sparse
 
+    p = spec.params
     if spec.kind == "DelaySparse":
         return _sparse(scipy.sparse.identity(spec.shape[0]))
-    return upsample_weights(spec) if "taps" in spec.params else channel_map_weights(spec)
+    if "taps" in p:
+        return tap_weights(p["taps"], p["planes"], p["channels"])
+    return tap_weights(p["window"], 1, p["channels"]) if "window" in p else channel_map_weights(spec)
 
 
 def synapse_fan_out(spec: ProcessSpec, graph, source_shape: tuple) -> np.ndarray:
@@ -286,19 +288,45 @@ def node_activity(graph, lowered: LavaGraph, processes: dict) -> dict:
     return activity
 
 
+def step_bar(desc: str):
+    """A progress bar over a run's steps, and the ``progress(done, total)`` callback that drives it."""
+    from medqk import console
+
+    bar = console.progress(range(0), desc=desc, unit="step")  # the total is known once the graph is built
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+    return bar, update
+
+
+def run_images(backend: str, x_int: np.ndarray, run_one) -> tuple[list, np.ndarray, dict]:
+    """``run_one(image [1, C, H, W], progress)`` for each image under a step bar: the runs, their
+    logits concatenated, and the build, run and read seconds summed over the images."""
+    runs = []
+    for i in range(len(x_int)):
+        bar, update = step_bar(f"{backend} image {i + 1}/{len(x_int)}")
+        try:
+            runs.append(run_one(x_int[i:i + 1], update))
+        finally:
+            bar.close()  # also on an error or interrupt: its message then starts a clean line
+    logits = np.concatenate([run.logits for run in runs])
+    seconds = {part: sum(getattr(r, f"{part}_s") for r in runs) for part in ("build", "run", "read")}
+    return runs, logits, seconds
+
+
 def run_library(handle, images: np.ndarray, models: str = "fast"):
-    """Backend ``lava-library``: ``(backends.ModelHandle, float32 images [N, C, H, W]) -> RunResult``,
+    """Backend ``lava``: ``(backends.ModelHandle, float32 images [N, C, H, W]) -> RunResult``,
     one run of the library graph per image with the ``models`` set; ``info`` holds steps, timings
     and the activity summed over the images, by IR node, process and step."""
     from medqk.convert.io import quantize_input
     from medqk.convert.neurons import output_activation, output_scale, output_values
     from medqk.deploy.backends import RunResult
-    from medqk.deploy.lava_lowering import run_images
 
     graph = handle.converted.int_graph
     lowered = lower(graph)
     x_int = quantize_input(images, graph.input.tensor.frac_bits)
-    runs, logits, seconds = run_images("lava-library", x_int,
+    runs, logits, seconds = run_images("lava", x_int,
                                        lambda x, update: run_image(graph, x, models, lowered, progress=update))
     processes = process_activity(lowered, runs)
     return RunResult(output_values(output_activation(graph), logits, output_scale(graph)), sum(seconds.values()), {
@@ -311,11 +339,11 @@ def run_library(handle, images: np.ndarray, models: str = "fast"):
 
 
 def describe(info: dict) -> str:
-    """The summary line of a ``lava-library`` run."""
-    return (f"lava-library ({info['models']} models): {info['processes']} processes ({info['lava_processes']} of them "
+    """The summary line of a ``lava`` run."""
+    return (f"lava ({info['models']} models): {info['processes']} processes ({info['lava_processes']} of them "
             f"Lava's library processes), {info['steps']} time steps; build {info['build_seconds']:.2f} s, "
             f"run {info['run_seconds']:.2f} s, read {info['read_seconds']:.2f} s")
 
 
 #: merged into ``deploy.backends.BACKENDS``
-BACKENDS = {"lava-library": run_library}
+BACKENDS = {"lava": run_library}

@@ -2,7 +2,8 @@
 
 Each computes its neuron's formula with the rounding rules of ``medqk.convert.fixed_point`` on
 int64, at its valid step only; at every other step its input must be zero (the schedule aligns
-every operand to that step) and it sends zeros. A nonzero input at another step, or an output
+every operand to that step) and it sends zeros (``lava_messages.silence``; what it computes it
+sends ``frozen``, and it reads through ``FastInPort``, so a silent step costs neither copies nor reads). A nonzero input at another step, or an output
 beyond its 24-bit payload, stops the run naming the process, the step and the value. The same
 models serve both model sets (reference and fast): they already do no work outside their step.
 """
@@ -17,8 +18,9 @@ from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 from medqk.convert.fixed_point import STATE_BITS, saturate, saturated_count, shift_round, shift_round_half_even
 from medqk.deploy.lava_graph import TAP_BYTE_BITS
 from medqk.deploy.lava_layout import combine_planes, split_planes
+from medqk.deploy.lava_messages import FastInPort, frozen, is_silent, silence
 from medqk.deploy.lava_neurons import (AddNeuron, AffineNeuron, ComplementNeuron, ConvNeuron, DigitPlanes, ImageSource,
-                                       LogitSink, NISFNeuron, RescaleNeuron, SpikeProbe, UpsampleNeuron)
+                                       LogitSink, MaxNeuron, NISFNeuron, RescaleNeuron, SpikeProbe, UpsampleNeuron)
 from medqk.errors import MedqkError
 
 _INT = LavaPyType(np.ndarray, np.int64)
@@ -27,7 +29,7 @@ _INT = LavaPyType(np.ndarray, np.int64)
 class _CountingModel(PyLoihiProcessModel):
     """A model that counts what its process sends (``lava_neurons._counters``)."""
 
-    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
+    a_in: PyInPort = LavaPyType(FastInPort, np.int32, precision=24)
     sent: np.ndarray = _INT
     fan_out: np.ndarray = _INT
     synaptic: np.ndarray = _INT
@@ -49,9 +51,9 @@ class _GatedModel(_CountingModel):
 
     def run_spk(self) -> None:
         x = self.a_in.recv()
-        y, error = np.zeros(self.s_out.shape, np.int32), None
+        y, error = silence(self.s_out.shape), None
         if self.time_step != self.valid_step[0]:
-            if x.any():
+            if not is_silent(x):
                 error = (f"input at step {self.time_step}, valid only at step {int(self.valid_step[0])} "
                          "(misaligned schedule)")
         else:
@@ -59,7 +61,7 @@ class _GatedModel(_CountingModel):
             if saturated_count(value, STATE_BITS):
                 error = f"value {int(np.abs(value).max())} exceeds the {STATE_BITS}-bit graded-spike payload"
             else:
-                y = value.astype(np.int32)
+                y = frozen(value.astype(np.int32))
                 self.count(value)
         # send before raising: a consumer waiting on this step's message would otherwise hang the run
         self.s_out.send(y)
@@ -164,11 +166,20 @@ class ComplementNeuronModel(_GatedModel):
         return self.one[0] - x
 
 
+@_model(MaxNeuron)
+class MaxNeuronModel(_GatedModel):
+    taps: np.ndarray = _INT
+
+    def fire(self, x):
+        w, h, _ = x.shape
+        return x.reshape(w, h, int(self.taps[0]), -1).max(axis=2)
+
+
 @_model(SpikeProbe)
 class SpikeProbeModel(_CountingModel):
     def run_spk(self) -> None:
         x = self.a_in.recv()
-        if x.any():
+        if not is_silent(x):
             self.count(x)
 
 
@@ -178,12 +189,12 @@ class ImageSourceModel(PyLoihiProcessModel):
     data: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
 
     def run_spk(self) -> None:
-        self.s_out.send(self.data if self.time_step == 1 else np.zeros_like(self.data))
+        self.s_out.send(self.data if self.time_step == 1 else silence(self.data.shape))
 
 
 @_model(LogitSink)
 class LogitSinkModel(PyLoihiProcessModel):
-    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
+    a_in: PyInPort = LavaPyType(FastInPort, np.int32, precision=24)
     to_host: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
     valid_step: np.ndarray = _INT
 
@@ -196,6 +207,6 @@ class LogitSinkModel(PyLoihiProcessModel):
 #: medqk process class -> its model (both model sets)
 NEURON_MODELS = {NISFNeuron: NISFNeuronModel, DigitPlanes: DigitPlanesModel, ConvNeuron: ConvNeuronModel,
                  UpsampleNeuron: UpsampleNeuronModel, AffineNeuron: AffineNeuronModel, RescaleNeuron: RescaleNeuronModel,
-                 AddNeuron: AddNeuronModel,
+                 AddNeuron: AddNeuronModel, MaxNeuron: MaxNeuronModel,
                  ComplementNeuron: ComplementNeuronModel, ImageSource: ImageSourceModel, LogitSink: LogitSinkModel,
                  SpikeProbe: SpikeProbeModel}

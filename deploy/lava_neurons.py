@@ -115,6 +115,11 @@ class ComplementNeuron(GatedNeuron):
     """``one - x`` (SDQK's inactivated spikes D - s)."""
 
 
+class MaxNeuron(GatedNeuron):
+    """The largest of its ``taps`` compartments per channel (a pooling window gathered by a Sparse);
+    Lava's neurons sum their inputs and none keeps a maximum."""
+
+
 class ImageSource(AbstractProcess):
     """The graph's input, held in ``data`` (W, H, C) and sent once, at step 1; zeros afterwards."""
 

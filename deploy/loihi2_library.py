@@ -155,7 +155,7 @@ def upsample_presynaptic(upsample: ProcessSpec, rows: np.ndarray) -> tuple[np.nd
     """Flat indices of the input neurons an upsampling ``Sparse``'s output ``rows`` read, and the
     weights those rows hold, from its tap bytes without building its matrix (at 256 x 256 that
     matrix holds tens of millions of weights): row (pixel, byte k, plane-channel j) of
-    ``lava_library.upsample_weights`` reads input (pixel_in, j) wherever byte matrix k has a nonzero
+    ``lava_library.tap_weights`` reads input (pixel_in, j) wherever byte matrix k has a nonzero
     at (pixel, pixel_in)."""
     taps, width = upsample.params["taps"], upsample.params["planes"] * upsample.params["channels"]
     cell, j = np.divmod(rows, width)

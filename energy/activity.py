@@ -42,7 +42,7 @@ class Activity:
     spikes_in: dict[str, int] = dataclasses.field(default_factory=dict)
     #: per image: {"image", "acs", "events"} totals (interpreter runs only)
     per_image: list[dict] = dataclasses.field(default_factory=list)
-    #: a lava-library run's counts per time step (``STEP_COUNTS``), summed over the images
+    #: a Lava run's counts per time step (``STEP_COUNTS``), summed over the images
     per_step: list[dict] = dataclasses.field(default_factory=list)
 
     def per_image_synapses(self) -> dict[str, tuple[float, float, float]]:
@@ -137,7 +137,7 @@ def _require(doc: dict, key: str, path: Path, what: str):
 STEP_COUNTS = ("spikes", "synaptic_events", "neuron_updates")
 
 #: what to do about a count that cannot be right
-RERECORD = "; record the file again with `medqk run --backend lava --activity F` (or lava-library)"
+RERECORD = "; record the file again with `medqk run --backend lava --activity F`"
 
 
 def _count(doc: dict, key: str, path: Path, what: str, most: int | None = None, why: str = "") -> int:

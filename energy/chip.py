@@ -42,7 +42,7 @@ ESTIMATES = [
 
 
 def per_step_view(per_step: list[dict], images: int) -> dict:
-    """A lava-library run's own counts (its activity file's ``per_step``) per image, priced: every
+    """A Lava run's own counts (its activity file's ``per_step``) per image, priced: every
     neuron update of every step (firing ones: the spikes sent), every synaptic op, every spike."""
     total = {key: sum(step[key] for step in per_step) / images for key in ("spikes", "synaptic_events", "neuron_updates")}
     rows = [("neuron updates, firing", total["spikes"], NEURON_ACTIVE),

@@ -62,7 +62,7 @@ def test_lava_run_is_bit_exact_and_its_activity_feeds_the_energy_report(model_di
     lava, ref, activity = tmp_path / "lava.npy", tmp_path / "int.npy", tmp_path / "activity.json"
     assert main(["run", str(model_dir), "--backend", "lava", "--save-probs", str(lava), "--activity", str(activity)]) == 0
     out = capsys.readouterr().out
-    assert "fused-layer processes" in out and "time steps" in out and "% firing" in out
+    assert "Lava's library processes" in out and "time steps" in out and "% firing" in out
     assert main(["-q", "run", str(model_dir), "--backend", "ir-int", "--save-probs", str(ref)]) == 0
     assert np.array_equal(np.load(lava), np.load(ref))
     from_lava, from_interpreter = tmp_path / "a.json", tmp_path / "b.json"

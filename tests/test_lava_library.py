@@ -1,7 +1,7 @@
 """The Lava library graph (``deploy.lava_graph`` lowered, ``deploy.lava_library`` run): its plan
 (timing, delays, refusals), ``medqk inspect --lava``, and runs with both model sets, bit for bit
 equal to the integer interpreter (reference == fast == ir-int), also as ``medqk run --backend
-lava-library`` with its activity file read by ``medqk energy report``.
+lava`` with its activity file read by ``medqk energy report``.
 
 Runs use a part of a real converted MedQKFormer (the ancestors of one node: every op of an SDQK
 block, digit planes, delays, relays, a rescaled add) and a hand-built upsampling graph, small
@@ -168,7 +168,7 @@ def sdqk_dir(small_graph, tmp_path_factory):
 @pytest.mark.parametrize("models", ["reference", "fast"])
 def test_run_backend_lava_library_equals_ir_int_and_its_activity_feeds_the_energy_report(small_graph, sdqk_dir, tmp_path,
                                                                                          capsys, models):
-    """`medqk run --backend lava-library` gives ir-int's mask and output bit for bit with either model
+    """`medqk run --backend lava` gives ir-int's mask and output bit for bit with either model
     set; its activity file (NISF spikes from the neurons' counters, synaptic events counted by the
     neurons that feed each synapse) prices the same as the interpreter's count of the same image."""
     from medqk.cli import main
@@ -176,10 +176,10 @@ def test_run_backend_lava_library_equals_ir_int_and_its_activity_feeds_the_energ
 
     pytest.importorskip("lava.magma.core.run_configs", reason="Lava is not installed (bash install.sh)")
     activity = tmp_path / "activity.json"
-    assert main(["run", str(sdqk_dir), "--backend", "lava-library", "--lava-models", models, "--activity", str(activity),
+    assert main(["run", str(sdqk_dir), "--backend", "lava", "--lava-models", models, "--activity", str(activity),
                  "--save-probs", str(tmp_path / "lava.npy"), "--out", str(tmp_path / "lava.png")]) == 0
     out = capsys.readouterr().out
-    assert f"lava-library ({models} models)" in out and "time steps" in out and "build" in out and "% firing" in out
+    assert f"lava ({models} models)" in out and "time steps" in out and "build" in out and "% firing" in out
     assert main(["-q", "run", str(sdqk_dir), "--backend", "ir-int",
                  "--save-probs", str(tmp_path / "int.npy"), "--out", str(tmp_path / "int.png")]) == 0
     assert np.array_equal(np.load(tmp_path / "lava.npy"), np.load(tmp_path / "int.npy"))
@@ -207,4 +207,4 @@ def test_lava_models_needs_the_library_backend(sdqk_dir, capsys):
     from medqk.cli import main
 
     assert main(["run", str(sdqk_dir), "--backend", "ir-int", "--lava-models", "fast"]) == 2
-    assert "--backend lava-library" in capsys.readouterr().err
+    assert "--backend lava" in capsys.readouterr().err

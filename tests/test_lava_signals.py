@@ -1,12 +1,11 @@
-"""Signals to `medqk run --backend lava` while its ~60 Lava child processes start and while they run.
+"""Signals to `medqk run --backend lava` while its Lava graph starts and while it runs.
 
 Each test starts the command in a new session, signals the parent alone (or, as Ctrl-C in a
 terminal does, its whole group) and then requires that no process of the session survives and that
-none of the /dev/shm segments the run mapped is left. SIGKILL leaves the clean-up to the children's
-parent-death signal and to multiprocessing's resource tracker; SIGINT and SIGTERM are handled by
-medqk (exit 130 and 143 with a one-line message). Processes are found through /proc (session id),
-segments through the parent's memory maps, so that other programs' Lava runs do not count.
-The first tests check the two pieces of ``deploy/lava_signals.py`` on their own, without Lava.
+the run used no /dev/shm segment: Lava's actors are threads of the one process (``lava_threads``),
+so a signal, even SIGKILL, leaves nothing behind. SIGINT and SIGTERM are handled by medqk (exit 130
+and 143 with a one-line message). Processes are found through /proc (session id), segments through
+the parent's memory maps. The first tests check ``deploy/lava_signals.py``'s ``Interrupts`` alone.
 """
 from __future__ import annotations
 
@@ -16,7 +15,6 @@ import re
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -80,57 +78,6 @@ def test_the_previous_handler_acts_once_and_the_program_may_carry_on():
         signal.signal(signal.SIGTERM, previous)
 
 
-def ignores_sigint(pid: int) -> bool:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return bool(int(re.search(r"SigIgn:\s*([0-9a-f]+)", status).group(1), 16) & (1 << (signal.SIGINT - 1)))
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
-def test_children_forked_in_the_block_die_with_their_parent():
-    """A child forked inside children_die_with_parent() ignores SIGINT and dies when its parent is
-    killed; one forked after the block does neither."""
-    script = textwrap.dedent("""
-        import os, time
-        from medqk.deploy.lava_signals import children_die_with_parent
-        def child():
-            pid = os.fork()
-            if pid == 0:
-                time.sleep(120)
-                os._exit(0)
-            return pid
-        with children_die_with_parent():
-            inside = child()
-        print(inside, child(), flush=True)
-        time.sleep(120)
-        """)
-    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    inside = outside = None
-    try:
-        inside, outside = map(int, parent.stdout.readline().split())
-        deadline = time.monotonic() + 30
-        while not ignores_sigint(inside) and time.monotonic() < deadline:  # the fork hook runs in the child
-            time.sleep(0.05)
-        assert ignores_sigint(inside) and not ignores_sigint(outside)
-        parent.kill()
-        parent.wait()
-        while alive(inside) and time.monotonic() < deadline + 30:
-            time.sleep(0.05)
-        assert not alive(inside) and alive(outside)
-    finally:
-        parent.kill()
-        parent.wait()
-        for pid in (inside, outside):
-            if pid is not None and alive(pid):
-                os.kill(pid, signal.SIGKILL)
-
-
 # -- processes and shared memory, from /proc ------------------------------------------------------
 
 def session_processes(session: int) -> dict[int, int]:
@@ -162,6 +109,13 @@ def mapped_shm(pid: int) -> set[str]:
     return {name for name in names if not GLIBC_SEM_TEMPORARY.fullmatch(name)}
 
 
+def threads(pid: int) -> int:
+    try:
+        return int(re.search(r"Threads:\s*(\d+)", Path(f"/proc/{pid}/status").read_text()).group(1))
+    except OSError:  # exited meanwhile
+        return 0
+
+
 class LavaRun:
     """`medqk run MODEL --backend lava` in a new session; its stderr collected as it comes."""
 
@@ -172,14 +126,11 @@ class LavaRun:
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
         self.shm: set[str] = set()  # the segments the parent mapped when it was signalled
-        self.children_signalled = 0  # how many children it had then
+        self.threads_signalled = 0  # how many threads it had then
 
     def _read(self) -> None:
         for chunk in iter(lambda: os.read(self.proc.stderr.fileno(), 65536), b""):
             self.stderr += chunk
-
-    def children(self) -> list[int]:
-        return [pid for pid, ppid in session_processes(self.proc.pid).items() if ppid == self.proc.pid]
 
     def wait_until(self, condition, what: str) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -189,8 +140,8 @@ class LavaRun:
             time.sleep(0.05)
 
     def starting(self) -> bool:
-        """Lava is forking its children: at least 10 exist (of about 60)."""
-        return len(self.children()) >= 10
+        """Lava is starting its actors: at least 50 threads exist (of about 400), and no step has run."""
+        return threads(self.proc.pid) >= 50 and not PROGRESS.findall(bytes(self.stderr))
 
     def running(self) -> bool:
         """At least one chunk of steps has run, and not all of them."""
@@ -198,9 +149,9 @@ class LavaRun:
         return bool(steps) and 0 < steps[-1][0] < steps[-1][1]
 
     def signal(self, signum: int, whole_group: bool) -> None:
-        self.shm = mapped_shm(self.proc.pid)  # the parent attaches every channel's segment
-        self.children_signalled = len(self.children())
-        assert self.shm, "the run maps no shared memory: the test would check nothing"
+        self.shm = mapped_shm(self.proc.pid)
+        self.threads_signalled = threads(self.proc.pid)
+        assert not self.shm, f"the run maps shared memory, which a SIGKILL would leave behind: {self.shm}"
         (os.killpg if whole_group else os.kill)(self.proc.pid, signum)
 
     def leftovers(self) -> tuple[dict[int, int], set[str]]:
@@ -253,9 +204,8 @@ def check_signal(model: Path, signum: int, phase: str, whole_group: bool = False
             lines = bytes(run.stderr).decode(errors="replace").replace("\r", "\n").split("\n")
             assert [line for line in lines if line.strip()][-1] == message
             assert b"Traceback" not in run.stderr and b"Exception ignored" not in run.stderr, run.stderr[-2000:]
-        print(f"{signum.name} to the {'group' if whole_group else 'parent'} while {phase} ({run.children_signalled} "
-              f"children): exit {code} {exit_s:.1f} s after it; {len(run.shm)} segments and every process gone "
-              f"{clean_s:.1f} s later")
+        print(f"{signum.name} to the {'group' if whole_group else 'parent'} while {phase} ({run.threads_signalled} "
+              f"threads): exit {code} {exit_s:.1f} s after it; every process gone {clean_s:.1f} s later")
     finally:
         run.remove_leftovers()
 
@@ -268,7 +218,6 @@ def test_a_signal_to_the_parent_leaves_no_process_and_no_shared_memory(model_dir
 
 
 @needs_lava
-def test_ctrl_c_while_the_children_start(model_dir):
-    """As in a terminal: SIGINT reaches the parent and the children forked so far at once. The parent
-    used to lose the KeyboardInterrupt inside os.fork's logging hook and hang."""
+def test_ctrl_c_while_the_graph_starts(model_dir):
+    """As in a terminal: SIGINT reaches the whole process group while Lava starts its actors."""
     check_signal(model_dir, signal.SIGINT, "starting", whole_group=True)

@@ -195,10 +195,10 @@ def test_the_energy_report_prices_the_per_step_counts():
 
 def test_upsampling_connectivity_without_its_matrix_equals_the_matrix():
     """``upsample_presynaptic`` reads the tap bytes directly; on digit planes of a 24-bit input it
-    must give what the Sparse's weight matrix (``lava_library.upsample_weights``) gives, for a whole
+    must give what the Sparse's weight matrix (``lava_library.sparse_weights``) gives, for a whole
     layer and for rows that split pixels and planes."""
     from medqk.convert.synapses import Upsample
-    from medqk.deploy.lava_library import upsample_weights
+    from medqk.deploy.lava_library import sparse_weights
     from medqk.deploy.loihi2_library import distinct, upsample_presynaptic
 
     graph = Graph()
@@ -207,7 +207,7 @@ def test_upsampling_connectivity_without_its_matrix_equals_the_matrix():
     graph.add(Node("up", op, ["x"], TensorInfo(tuple(op.out_shape([(3, 5, 4)])), frac_bits=16)))
     taps = next(p for p in lower(graph).processes if "taps" in p.params)
     assert taps.params["planes"] > 1 and len(taps.params["taps"]) > 1
-    matrix = upsample_weights(taps)
+    matrix = sparse_weights(taps)
     for rows in (np.arange(matrix.shape[0]), np.arange(7, matrix.shape[0], 5)):
         presynaptic, weights = upsample_presynaptic(taps, rows)
         assert np.array_equal(presynaptic, distinct(matrix[rows].indices)) and weights == matrix[rows].nnz

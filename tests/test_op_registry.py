@@ -12,7 +12,6 @@ from medqk.convert.graph import Graph, Node, TensorInfo
 from medqk.convert.io import Input
 from medqk.convert.op import OP_TYPES, Op, OpRefused, Refused, rule
 from medqk.deploy import lava_graph, resources
-from medqk.deploy.lava_plan import LAVA_OPS, LayerPlan
 from medqk.energy import counting
 from medqk.errors import MedqkError
 
@@ -73,19 +72,6 @@ def test_refused_entries_refuse_by_name(cls):
                 rule(table, op, concern)
         else:
             assert callable(rule(table, op, concern))
-
-
-@pytest.mark.parametrize("cls", OP_CLASSES, ids=lambda c: c.type)
-def test_lava_runs_each_op_through_the_integer_semantics_or_refuses_it_by_name(cls):
-    op = EXAMPLES[cls]()
-    if cls.type in LAVA_OPS:  # the process models evaluate it with interpret_int.evaluate
-        assert not isinstance(interpret_int.OPS[cls], Refused)
-        return
-    if cls is Input:  # the host source process, not a fused layer
-        return
-    node = Node("n", op, ["x"] * (cls.arity if cls.arity is not None else 2))
-    with pytest.raises(MedqkError, match=rf"op '{op.type}' \(node n\)"):
-        LayerPlan("layer", (("x", (2, 4, 4)),), (node,), ("n",))
 
 
 @dataclasses.dataclass(eq=False)

@@ -28,7 +28,7 @@ SHAPE = (3, 32, 32)
 
 def _lava_logits(qgraph, x_int: np.ndarray) -> np.ndarray:
     """Lava's integer output, image by image."""
-    from medqk.deploy.lava_lowering import run_image
+    from medqk.deploy.lava_library import run_image
 
     return np.concatenate([run_image(qgraph, x_int[i:i + 1]).logits for i in range(len(x_int))])
 
