@@ -39,16 +39,20 @@ def _fast(proc):
 
 def _lava_weights(model) -> None:
     """Lava's clipping and truncation of a Sparse's weights (``PySparseModelBitAcc.run_spk``), once,
-    applied to the stored weights only: both are element-wise and keep a zero zero."""
+    applied to the stored weights only (both are element-wise and keep a zero zero). Non-negative
+    8-bit mantissas with ``num_weight_bits`` 8 (every Sparse medqk builds) are what both return
+    unchanged, so they are not copied through them (tests/test_lava_library.py checks this)."""
     if not model.weights_set:
         import scipy.sparse
 
         weights = scipy.sparse.csr_matrix(model.weights)
+        bits = model.proc_params.get("num_weight_bits", 8)
         sign_mode = model.proc_params.get("sign_mode") or determine_sign_mode(weights.data if weights.nnz else weights)
-        data = clip_weights(weights.data, sign_mode, num_bits=8)
-        data = truncate_weights(data, sign_mode, model.proc_params.get("num_weight_bits", 8))
-        model.weights = scipy.sparse.csr_matrix((data, weights.indices, weights.indptr), shape=weights.shape)
-        model.weights.eliminate_zeros()
+        if not (bits == 8 and weights.nnz and weights.data.min() >= 0 and weights.data.max() <= 255):
+            data = truncate_weights(clip_weights(weights.data, sign_mode, num_bits=8), sign_mode, bits)
+            weights = scipy.sparse.csr_matrix((data, weights.indices, weights.indptr), shape=weights.shape)
+            weights.eliminate_zeros()
+        model.weights = weights
         model.weights_set = True
 
 
@@ -74,9 +78,6 @@ class FastConvModel(PyConvModelFixed):
             self.a_buf = silence(self.a_out.shape)
             return
         if not hasattr(self, "_torch_weight"):
-            import torch
-
-            torch.set_num_threads(1)  # Lava forks its models: GNU OpenMP's pool is not fork-safe
             self._torch_weight = np.ascontiguousarray(self.weight.transpose(0, 3, 2, 1)[:, :, ::-1, ::-1], np.int64)
             self._weight_sum = kernels.largest_weight_sum(self._torch_weight)
         x = s_in.transpose(2, 1, 0)[None]
@@ -114,12 +115,19 @@ class FastDelaySparseModel(PyDelaySparseModelBitAcc):
         import scipy.sparse
 
         self._due: dict[int, np.ndarray] = {}
-        weights = self.weights.tocoo()
-        delays = np.asarray(scipy.sparse.csr_matrix(self.delays)[weights.row, weights.col]).ravel()
+        weights, delays = self.weights, scipy.sparse.csr_matrix(self.delays)
+        delays.sort_indices()
+        if (delays.nnz == weights.nnz and np.array_equal(delays.indptr, weights.indptr)
+                and np.array_equal(delays.indices, weights.indices)):
+            per_weight = delays.data  # the same pattern (every delay synapse medqk builds): no lookup
+        else:
+            coo = weights.tocoo()  # in the order of weights.data
+            per_weight = np.asarray(delays[coo.row, coo.col]).ravel()
         self._by_delay = []  # (k, the weights of delay k): Lava's get_delay_wgts_mat without its empty blocks
-        for k in np.unique(delays):
-            on = delays == k
-            part = scipy.sparse.csr_matrix((weights.data[on], (weights.row[on], weights.col[on])), shape=weights.shape)
+        for k in np.unique(per_weight):
+            part = weights.copy()
+            part.data = np.where(per_weight == k, part.data, 0)
+            part.eliminate_zeros()
             self._by_delay.append((int(k), part))
 
     def run_spk(self) -> None:

@@ -25,34 +25,63 @@ from medqk.errors import MedqkError
 MODEL_SETS = ("fast", "reference")
 
 
-def _sparse(matrix) -> "object":
+def _csr(data: np.ndarray, indices: np.ndarray, row_counts: np.ndarray, shape: tuple):
+    """An int32 CSR matrix from its entries in row order and the entries of each row."""
     import scipy.sparse
 
-    return scipy.sparse.csr_matrix(matrix, dtype=np.int32)
+    indptr = np.concatenate([[0], np.cumsum(row_counts)])
+    return scipy.sparse.csr_matrix((data.astype(np.int32), indices, indptr), shape=shape)
+
+
+def identity_kron(pixels: int, matrix) -> "object":
+    """``kron(identity(pixels), matrix)`` (the same small map on every pixel), built in CSR order
+    directly: scipy's ``kron`` goes through a sorted COO, seconds for 256 x 256 pixels."""
+    import scipy.sparse
+
+    m = scipy.sparse.csr_matrix(matrix)
+    m.sort_indices()
+    rows, cols = m.shape
+    indices = (m.indices[None, :] + cols * np.arange(pixels)[:, None]).ravel()
+    return _csr(np.tile(m.data, pixels), indices, np.tile(np.diff(m.indptr), pixels), (pixels * rows, pixels * cols))
+
+
+def kron_identity(matrix, width: int) -> "object":
+    """``kron(matrix, identity(width))``: every entry (r, i) of ``matrix`` on each lane j, at
+    ((r, j), (i, j)), built in CSR order directly: rows padded to the longest, laid out (row, lane,
+    entry), and the padding dropped."""
+    import scipy.sparse
+
+    m = scipy.sparse.csr_matrix(matrix)
+    m.sort_indices()
+    lengths = np.diff(m.indptr)
+    longest = int(lengths.max(initial=0))
+    rows, cols = m.shape
+    index_type = np.int32 if cols * width < 2**31 else np.int64
+    slot = np.arange(longest)
+    present = slot[None, :] < lengths[:, None]  # (rows, longest)
+    entry = np.where(present, m.indptr[:-1, None] + slot[None, :], 0)
+    lanes = np.arange(width, dtype=index_type)[None, :, None]
+    keep = np.broadcast_to(present[:, None, :], (rows, width, longest))
+    indices = (m.indices[entry].astype(index_type)[:, None, :] * width + lanes)[keep]
+    data = np.broadcast_to(m.data[entry][:, None, :], (rows, width, longest))[keep]
+    return _csr(data, indices, np.repeat(lengths, width), (rows * width, cols * width))
 
 
 def channel_map_weights(spec: ProcessSpec):
     """A per-pixel channel map as the Sparse matrix of flattened (W, H, C) vectors."""
-    import scipy.sparse
-
-    return _sparse(scipy.sparse.kron(scipy.sparse.identity(spec.params["pixels"], dtype=np.int64),
-                                     scipy.sparse.csr_matrix(spec.params["channel_map"])))
+    return identity_kron(spec.params["pixels"], spec.params["channel_map"])
 
 
 def tap_weights(taps: list, planes: int, channels: int):
     """The spatial matrices B_k on every plane and channel: output channel (k, p, c) of a pixel sums
-    B_k times input channel (p, c) (``lava_graph.upsample_taps``' bytes, ``window_taps``' offsets)."""
+    B_k times input channel (p, c) (``lava_graph.upsample_taps``' bytes, ``window_taps``' offsets):
+    ``kron(B, identity(planes * channels))`` with B's rows (pixel, k) interleaving the B_k."""
     import scipy.sparse
 
-    width = planes * channels
-    parts = []
-    for k, part in enumerate(taps):
-        placement = scipy.sparse.csr_matrix((np.ones(width, np.int64), (k * width + np.arange(width), np.arange(width))),
-                                            shape=(len(taps) * width, width))
-        parts.append(scipy.sparse.kron(part, placement, format="coo"))
-    # the parts fill disjoint rows: concatenating their entries is their sum, without sparse additions
-    entries = [np.concatenate([getattr(part, key) for part in parts]) for key in ("data", "row", "col")]
-    return _sparse(scipy.sparse.coo_matrix((entries[0], tuple(entries[1:])), shape=parts[0].shape))
+    stacked = scipy.sparse.vstack([scipy.sparse.csr_matrix(t) for t in taps], format="csr")
+    pixels = taps[0].shape[0]
+    interleaved = (np.arange(len(taps))[None, :] * pixels + np.arange(pixels)[:, None]).ravel()
+    return kron_identity(stacked[interleaved], planes * channels)
 
 
 def sparse_weights(spec: ProcessSpec):
@@ -61,7 +90,7 @@ def sparse_weights(spec: ProcessSpec):
 
     p = spec.params
     if spec.kind == "DelaySparse":
-        return _sparse(scipy.sparse.identity(spec.shape[0]))
+        return scipy.sparse.identity(spec.shape[0], dtype=np.int32, format="csr")
     if "taps" in p:
         return tap_weights(p["taps"], p["planes"], p["channels"])
     return tap_weights(p["window"], 1, p["channels"]) if "window" in p else channel_map_weights(spec)

@@ -16,8 +16,6 @@ import sys
 import time
 from typing import Callable, Iterator, Sequence
 
-import numpy as np
-
 from medqk.deploy.lava_signals import Interrupts
 from medqk.errors import MedqkError
 
@@ -37,7 +35,7 @@ def _free_start_method() -> None:
         return
     method = multiprocessing.get_start_method(allow_none=True)
     if method not in (None, "fork"):
-        raise MedqkError(f"Lava runs its processes with the 'fork' start method; this Python uses {method!r}")
+        raise MedqkError(f"importing Lava sets the 'fork' start method; this Python already uses {method!r}")
     multiprocessing.set_start_method(None, force=True)
 
 
@@ -114,6 +112,7 @@ def lava_run(processes: Sequence, num_steps: int, run_cfg, progress: Progress | 
         finally:
             if root.runtime is not None:
                 _shut_down(root.runtime, clean, interrupts)
+            lava_threads.release_memory()
         interrupts.check()  # a signal whose exception was swallowed while stopping
 
 

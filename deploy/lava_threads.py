@@ -24,6 +24,7 @@ wakes with ``ChannelClosed`` and its thread ends. No OS process is ever started.
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import traceback
 
@@ -240,6 +241,46 @@ def _threaded_actors_class():
     return ThreadedActors
 
 
+#: glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
+
+
+def _glibc():
+    import ctypes
+    import ctypes.util
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+def tune_allocator() -> None:
+    """Make glibc reuse the memory of the actors' large temporaries instead of asking the kernel anew.
+
+    By default glibc gives each thread an arena of its own, maps every block over its adaptive
+    threshold (about 128 KB to 32 MB) straight from the kernel and gives back heap tops over 128 KB
+    at once: with hundreds of threads computing on 256 x 256 maps, every temporary was page-faulted
+    afresh (40 % of the run's CPU time in the kernel). Two arenas, blocks up to 32 MB from the heap,
+    and trimming only past 4 GB (``release_memory`` trims after a run) measured about 1.3x faster
+    end to end (docs/lava.md). Process-wide and harmless elsewhere; nothing happens off glibc."""
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(_M_ARENA_MAX, 2)
+        libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+        libc.mallopt(_M_TRIM_THRESHOLD, 4 << 30)
+
+
+def release_memory() -> None:
+    """Give the heap's free memory back to the kernel (after a run, ``tune_allocator`` keeps it)."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
 def start(root, run_cfg):
     """Compile the Lava graph connected to ``root`` with ``run_cfg`` and start it on thread actors.
     Returns the runtime, which every process of the graph now holds (as after ``create_runtime``)."""
@@ -255,6 +296,7 @@ def start(root, run_cfg):
             self._messaging_infrastructure = actors_class()
             self._messaging_infrastructure.start()
 
+    tune_allocator()
     executable = root.compile(run_cfg)
     runtime = ThreadedRuntime(executable, ActorType.MultiProcessing)  # the type is unused by the override
     executable.assign_runtime_to_all_processes(runtime)

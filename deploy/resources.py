@@ -1,8 +1,8 @@
 """What a converted model asks of Loihi 2, per synaptic layer (``loihi2.json`` of ``medqk convert``).
 
-One layer per synapse of the integer graph (``conv2d``, ``upsample``), as the Lava lowering fuses
-them: one neuron per output element of the synapse (the NISF and element-wise ops fused after it
-run on those neurons), the weights it stores, 8-bit mantissas, and its fan-in. Convolution kernels
+One layer per synapse of the integer graph (``conv2d``, ``upsample``), a neuro core's view: one
+neuron per output element of the synapse (the NISF and element-wise ops after it run on those
+neurons, as one neuron program), the weights it stores, 8-bit mantissas, and its fan-in. Convolution kernels
 are counted once per layer (weight sharing); the interpolation synapses of an upsampling store
 their 2 x 2 taps (bilinear) or 1 tap (nearest) per output neuron. Spike inputs travel as graded payloads of ceil(log2(D + 1))
 bits, real-valued inputs as 24-bit payloads.
@@ -92,7 +92,7 @@ def library_graph_summary(graph: Graph) -> dict:
 
 def write_loihi2_json(directory: Path, model) -> None:
     """The convert writer: ``loihi2.json`` with the summary, per-layer figures, violations and sources
-    of the fused-layer model; the Lava library graph's counts (``lava_library_graph``) and its Loihi 2
+    of the per-synaptic-layer model; the Lava library graph's counts (``lava_library_graph``) and its Loihi 2
     resources process by process (``lava_library_resources``, ``_library_resources``)."""
     report = loihi2_report(model.int_graph)
     lowered, refusal = _lowered(model.int_graph)

@@ -3,7 +3,8 @@ next to the idealised count, priced with the Loihi figures medqk carries.
 
 The idealised count is the analyzer's: spikes are the nonzero NISF outputs, synaptic events those
 spikes' connections, one update per NISF neuron; real-valued maps cost MACs, not traffic. On the
-chip every synaptic layer is a fused-layer process whose compartments all update, and a real-valued
+chip every synaptic layer is a population of neurons (one per output element, the neuron ops after
+the synapse running on them) whose compartments all update, and a real-valued
 map travels as dense graded spikes: each of its values is one spike, delivered over every
 connection. The activity file gives the spikes and events the Lava run counted; the rest follows
 from the graph.
@@ -34,7 +35,7 @@ SPIKE_IN_TILE = Price(1.7, "per spike sent within a tile (tile hops, 3-4 pJ each
 ESTIMATES = [
     "a graded spike (Loihi 2) costs one synaptic op per connection whatever its payload: Loihi 1 sent binary "
     "spikes, and no per-op figure is published for Loihi 2",
-    "a NISF neuron, and every compartment of a fused-layer process, costs one Loihi 1 neuron update per image",
+    "a NISF neuron, and every compartment of a synaptic layer's neurons, costs one Loihi 1 neuron update per image",
     "a real-valued map travels as dense graded spikes (one spike per value, one synaptic op per connection); its "
     "compartments are priced as firing",
     "spikes are priced as sent within a tile: routing between tiles and chips is not counted",
@@ -74,7 +75,7 @@ def chip_view(activity: Activity, layers: list[LayerCount]) -> dict:
         ("synaptic events", events, events + sum(layer.taps for layer in real), SYNAPTIC_OP,
          "chip: + every connection of the real-valued maps (their MACs)"),
         ("neuron updates, firing", spikes, spikes + max(0, compartments - neurons), NEURON_ACTIVE,
-         "idealised: NISF neurons with s > 0; chip: + every compartment of the other fused layers"),
+         "idealised: NISF neurons with s > 0; chip: + every compartment of the other synaptic layers"),
         ("neuron updates, silent", neurons - spikes, neurons - spikes, NEURON_INACTIVE, "NISF neurons with s = 0"),
     ]
     out = [{"quantity": q, "idealised": ideal, "chip": chip, "price_pj": None if p is None else p.pj,

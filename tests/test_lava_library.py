@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import support  # noqa: E402
 
 from medqk.convert import interpret_int  # noqa: E402
-from medqk.convert.elementwise import MaxPool2d  # noqa: E402
+from medqk.convert.elementwise import MaxPool2d, Mul  # noqa: E402
 from medqk.convert.graph import Graph, Node, TensorInfo  # noqa: E402
 from medqk.convert.io import Input, quantize_input  # noqa: E402
 from medqk.convert.synapses import Upsample  # noqa: E402
@@ -72,16 +72,18 @@ def test_every_operand_arrives_at_its_consumers_valid_step(small_graph):
     assert any(p.delay for p in lowered.processes)
 
 
-def _tiny(op, shape=(2, 4, 4)) -> Graph:
+def _tiny(op, shape=(2, 4, 4), inputs: int = 1) -> Graph:
     graph = Graph()
     graph.add(Node("x", Input(shape=shape), [], TensorInfo(shape, frac_bits=16)))
-    graph.add(Node("y", op, ["x"], TensorInfo(tuple(op.out_shape([shape])), frac_bits=16)))
+    graph.add(Node("y", op, ["x"] * inputs, TensorInfo(tuple(op.out_shape([shape] * inputs)), frac_bits=16)))
     return graph
 
 
 def test_an_op_without_a_lava_process_is_refused_by_name():
-    with pytest.raises(MedqkError, match=r"node y: maxpool2d has no Lava library lowering: max pooling"):
-        lower(_tiny(MaxPool2d()))
+    from medqk.convert.neurons import ReLU
+
+    with pytest.raises(MedqkError, match=r"node y: relu has no Lava library lowering: float graphs only"):
+        lower(_tiny(ReLU()))
 
 
 def test_inspect_lava_lists_every_process(small_graph, tmp_path, capsys):
@@ -129,6 +131,18 @@ def test_upsampling_of_24_bit_states_equals_the_interpreter(models):
     assert np.array_equal(_run(graph, x, models), interpret_int.run(graph, x))
 
 
+@pytest.mark.parametrize("models", ["reference", "fast"])
+@pytest.mark.parametrize("peak", [4, 2**23 - 1])
+def test_max_pooling_equals_the_interpreter(models, peak):
+    """Max pooling: a 0/1 Sparse gathers each window into compartments, a MaxNeuron keeps the
+    largest; on spikes and on full-range 24-bit states (negative ones included)."""
+    graph = _tiny(MaxPool2d(kernel=2, stride=2), shape=(3, 6, 4))
+    low = -peak if peak > 4 else 0
+    x = np.random.default_rng(2).integers(low, peak + 1, (1, 3, 6, 4))
+    assert {"Sparse", "MaxNeuron"} <= {p.kind for p in lower(graph).processes}
+    assert np.array_equal(_run(graph, x, models), interpret_int.run(graph, x))
+
+
 def test_a_value_beyond_the_payload_is_refused_by_layer_and_value():
     """An add whose operand the IR shifts left by 12 before summing (and saturating): that operand
     cannot travel as a 24-bit graded spike, so the run stops naming the process and the value."""
@@ -152,8 +166,8 @@ def test_conversion_records_the_library_graph_or_the_layer_it_refuses(small_grap
     lowered = lower(graph)
     assert summary["processes"] == len(lowered.processes) and summary["steps"] == lowered.steps
     assert 0 < summary["lava_processes"] < summary["processes"] and summary["max_delay"] <= MAX_DELAY
-    refused = library_graph_summary(_tiny(MaxPool2d()))["refused"]
-    assert refused.startswith("node y: maxpool2d has no Lava library lowering: max pooling")
+    refused = library_graph_summary(_tiny(Mul(), inputs=2))["refused"]
+    assert refused == "layer y: only products of spike maps are lowered (ProdNeuron's 24-bit state)"
 
 
 @pytest.fixture(scope="module")

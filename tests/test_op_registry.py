@@ -13,7 +13,6 @@ from medqk.convert.io import Input
 from medqk.convert.op import OP_TYPES, Op, OpRefused, Refused, rule
 from medqk.deploy import lava_graph, resources
 from medqk.energy import counting
-from medqk.errors import MedqkError
 
 #: concern -> its table keyed by op class
 TABLES = {
