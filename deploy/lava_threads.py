@@ -265,8 +265,9 @@ def tune_allocator() -> None:
     threshold (about 128 KB to 32 MB) straight from the kernel and gives back heap tops over 128 KB
     at once: with hundreds of threads computing on 256 x 256 maps, every temporary was page-faulted
     afresh (40 % of the run's CPU time in the kernel). Two arenas, blocks up to 32 MB from the heap,
-    and trimming only past 4 GB (``release_memory`` trims after a run) measured about 1.3x faster
-    end to end (docs/lava.md). Process-wide and harmless elsewhere; nothing happens off glibc."""
+    and trimming only past 4 GB measured about 1.3x faster end to end (docs/lava.md). The settings
+    are process-wide: ``release_memory`` puts glibc's defaults back after the run. Nothing happens
+    off glibc."""
     libc = _glibc()
     if libc is not None:
         libc.mallopt(_M_ARENA_MAX, 2)
@@ -274,10 +275,16 @@ def tune_allocator() -> None:
         libc.mallopt(_M_TRIM_THRESHOLD, 4 << 30)
 
 
+#: glibc's defaults: arenas by core count (0: no limit set), 128 KB thresholds
+_DEFAULTS = ((_M_ARENA_MAX, 0), (_M_MMAP_THRESHOLD, 128 << 10), (_M_TRIM_THRESHOLD, 128 << 10))
+
+
 def release_memory() -> None:
-    """Give the heap's free memory back to the kernel (after a run, ``tune_allocator`` keeps it)."""
+    """After a run: glibc's default settings again, and the heap's free memory back to the kernel."""
     libc = _glibc()
     if libc is not None:
+        for parameter, value in _DEFAULTS:
+            libc.mallopt(parameter, value)
         libc.malloc_trim(0)
 
 
