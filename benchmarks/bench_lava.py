@@ -111,11 +111,14 @@ def bench_actors(size: int = 32) -> dict:
 
     graph, x_int = published_graph(size)
     lowered = lower(graph)
+    import torch
+
     timings = {}
-    threaded_start = lava_threads.start
+    threaded_start, torch_threads = lava_threads.start, torch.get_num_threads()
     for actors in ("processes", "threads"):
         if actors == "processes":  # Lava's own runtime: Process.create_runtime forks one OS process per actor
             lava_threads.start = lambda root, run_cfg: root.create_runtime(run_cfg=run_cfg)
+            torch.set_num_threads(1)  # GNU OpenMP's pool, used by the host, hangs a forked child that uses it
         try:
             with PeakMemory() as memory:
                 start = time.perf_counter()
@@ -123,6 +126,7 @@ def bench_actors(size: int = 32) -> dict:
                 timings[actors] = (time.perf_counter() - start, run, memory)
         finally:
             lava_threads.start = threaded_start
+            torch.set_num_threads(torch_threads)
     (p_s, p_run, p_mem), (t_s, t_run, t_mem) = timings["processes"], timings["threads"]
     print(f"Lava graph {size}x{size}, {t_run.processes} processes: Lava's MultiProcessing actors {p_s:.1f} s (build "
           f"{p_run.build_s:.1f}, run {p_run.run_s:.1f}; {p_mem.peak / 2**30:.2f} GiB) | thread actors {t_s:.1f} s (build "

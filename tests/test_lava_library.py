@@ -222,3 +222,11 @@ def test_lava_models_needs_the_library_backend(sdqk_dir, capsys):
 
     assert main(["run", str(sdqk_dir), "--backend", "ir-int", "--lava-models", "fast"]) == 2
     assert "--backend lava" in capsys.readouterr().err
+
+
+def test_a_trained_checkpoint_at_256x256_equals_the_interpreter(monuseg_trained):
+    """The published-width MoNuSeg checkpoint's whole Lava graph (about 400 processes, fast models)
+    on a validation image at its 256x256 input: bit for bit the integer interpreter's logits."""
+    m = monuseg_trained
+    x = quantize_input(m.images[:1], m.qgraph.input.tensor.frac_bits)
+    assert np.array_equal(_run(m.qgraph, x, "fast"), interpret_int.run(m.qgraph, x))
