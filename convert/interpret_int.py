@@ -19,10 +19,9 @@ from medqk.convert.graph import Graph
 # exact on integers: the float interpreter's functions compute these too
 from medqk.convert.interpret_float import channel_slice, concat, group_broadcast, group_sum, maxpool2d
 from medqk.convert.io import Input
-from medqk.convert.op import Refused, rule
+from medqk.convert.op import FLOAT_ONLY, rule
 
 #: why the float-only ops have no integer form
-FLOAT_ONLY = Refused("float graphs only (ANN baselines, or before BatchNorm folding)")
 
 
 def input_(op, x):

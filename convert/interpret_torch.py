@@ -25,7 +25,7 @@ from medqk.convert import synapses as syn
 from medqk.convert.fixed_point import STATE_MAX, STATE_MIN
 from medqk.convert.graph import Graph
 from medqk.convert.io import Input
-from medqk.convert.op import Refused, rule
+from medqk.convert.op import FLOAT_ONLY, rule
 
 
 class _ScaledRound(torch.autograd.Function):
@@ -131,7 +131,6 @@ def maxpool2d(op, p, x):
     return F.max_pool2d(x, op.kernel, op.stride)
 
 
-FLOAT_ONLY = Refused("float graphs only; it has no integer form to train through")
 
 #: op class -> its integer semantics in torch
 OPS = {

@@ -36,6 +36,11 @@ class Refused:
     reason: str
 
 
+#: the entry of every integer-side concern for ops that quantization removes or refuses (BatchNorm is
+#: folded, ReLU and transposed convolutions belong to ANN baselines): one reason, said once
+FLOAT_ONLY = Refused("float graphs only (ANN baselines, or before BatchNorm folding): it has no integer form")
+
+
 def rule(table: dict, op: "Op", concern: str):
     """The entry of ``table`` for ``op``'s class; ``OpRefused`` naming the op and the concern when the
     table refuses it or has not decided it."""

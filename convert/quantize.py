@@ -24,7 +24,7 @@ from medqk.convert import synapses as syn
 from medqk.convert.fixed_point import STATE_BITS, quantize_mantissa
 from medqk.convert.graph import Graph, Node
 from medqk.convert.io import Input, quantize_input
-from medqk.convert.op import OpRefused, Refused, rule
+from medqk.convert.op import FLOAT_ONLY, OpRefused, rule
 from medqk.convert.passes import GraphError, schedule, validate
 
 MAX_FRAC_BITS = 16
@@ -169,13 +169,12 @@ def _unchanged(node, graph, r_in, r_out):
     """Moves, selects or sums integers exactly: nothing to quantize."""
 
 
-_FLOAT_ONLY = Refused("float graphs only (ANN baselines, or before BatchNorm folding)")
 
 #: op class -> its quantization rule
 QUANTIZERS = {
-    Input: _unchanged, syn.Conv2d: _conv2d, syn.Upsample: _upsample, syn.ConvTranspose2d: _FLOAT_ONLY,
+    Input: _unchanged, syn.Conv2d: _conv2d, syn.Upsample: _upsample, syn.ConvTranspose2d: FLOAT_ONLY,
     neurons.NISF: _nisf, neurons.Sigmoid: _output_activation, neurons.Softmax: _output_activation,
-    neurons.ReLU: _FLOAT_ONLY, ew.Add: _add, ew.Mul: _mul, ew.Affine: _affine, ew.BatchNorm: _FLOAT_ONLY,
+    neurons.ReLU: FLOAT_ONLY, ew.Add: _add, ew.Mul: _mul, ew.Affine: _affine, ew.BatchNorm: FLOAT_ONLY,
     ew.Complement: _complement, ew.GroupSum: _unchanged, ew.GroupBroadcast: _unchanged,
     ew.Concat: _unchanged, ew.ChannelSlice: _unchanged, ew.MaxPool2d: _unchanged,
 }

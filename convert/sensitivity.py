@@ -28,7 +28,7 @@ from medqk.convert.fixed_point import saturate
 from medqk.convert.graph import Graph, Node
 from medqk.convert.io import Input, quantize_input
 from medqk.convert.neurons import OUTPUT_ACTIVATIONS, output_activation
-from medqk.convert.op import Refused, rule
+from medqk.convert.op import FLOAT_ONLY, rule
 from medqk.convert.pipeline import label_agreement, predicted_labels, torch_probabilities
 from medqk.convert.quantize import _ratio as stored_ratio  # int stored value x this = float stored value
 
@@ -128,16 +128,15 @@ def _nothing_rounded(op, qop, r_in, r_out):
     folded exactly); what its output rounds to is the state rounding's."""
 
 
-_FLOAT_ONLY = Refused("float graphs only; it has no integer form to measure")
 
 #: op class -> (the source whose rounding its integer parameters carry, the rule putting it back)
 PARAMETER_ROUNDING = {
     Input: (None, _nothing_rounded), syn.Conv2d: ("weights", _conv2d_weights),
-    syn.Upsample: ("upsampling_weights", _upsampling_weights), syn.ConvTranspose2d: _FLOAT_ONLY,
-    neurons.NISF: ("multipliers", _neuron_rescaling), neurons.ReLU: _FLOAT_ONLY,
+    syn.Upsample: ("upsampling_weights", _upsampling_weights), syn.ConvTranspose2d: FLOAT_ONLY,
+    neurons.NISF: ("multipliers", _neuron_rescaling), neurons.ReLU: FLOAT_ONLY,
     neurons.Sigmoid: (None, _nothing_rounded), neurons.Softmax: (None, _nothing_rounded),
     ew.Add: ("multipliers", _add_rescalings), ew.Mul: (None, _nothing_rounded),
-    ew.Affine: ("multipliers", _affine_multipliers), ew.BatchNorm: _FLOAT_ONLY,
+    ew.Affine: ("multipliers", _affine_multipliers), ew.BatchNorm: FLOAT_ONLY,
     ew.Complement: (None, _nothing_rounded), ew.GroupSum: (None, _nothing_rounded),
     ew.GroupBroadcast: (None, _nothing_rounded), ew.Concat: (None, _nothing_rounded),
     ew.ChannelSlice: (None, _nothing_rounded), ew.MaxPool2d: (None, _nothing_rounded),

@@ -57,7 +57,7 @@ from medqk.convert.graph import SPIKE, Graph, Node
 from medqk.convert.io import Input
 from medqk.convert.kernels import FLOAT64_EXACT, float32_plane_bits, largest_weight_sum
 from medqk.convert.neurons import output_activation, output_scale
-from medqk.convert.op import OpRefused, Refused, rule
+from medqk.convert.op import FLOAT_ONLY, OpRefused, rule
 
 #: ONNX operator set of both models
 OPSET = 17
@@ -369,12 +369,11 @@ def affine_int(b: _Builder, node: Node, x: str) -> str:
     return _saturate(b, _requantize(b, x, op.shift, STATE_LIMIT, multiplier=_per_channel(op.multiplier), offset=_per_channel(op.offset_int)))
 
 
-_FLOAT_ONLY = Refused("float graphs only (ANN baselines, or before BatchNorm folding)")
 
 INT_OPS = {
-    Input: input_int, syn.Conv2d: conv2d_int, syn.Upsample: upsample_int, syn.ConvTranspose2d: _FLOAT_ONLY,
+    Input: input_int, syn.Conv2d: conv2d_int, syn.Upsample: upsample_int, syn.ConvTranspose2d: FLOAT_ONLY,
     neurons.NISF: nisf_int, neurons.Sigmoid: output_activation_int, neurons.Softmax: output_activation_int,
-    neurons.ReLU: _FLOAT_ONLY, ew.Add: add_int, ew.Mul: mul, ew.Affine: affine_int, ew.BatchNorm: _FLOAT_ONLY,
+    neurons.ReLU: FLOAT_ONLY, ew.Add: add_int, ew.Mul: mul, ew.Affine: affine_int, ew.BatchNorm: FLOAT_ONLY,
     ew.Complement: complement, ew.GroupSum: group_sum, ew.GroupBroadcast: group_broadcast, ew.Concat: concat,
     ew.ChannelSlice: channel_slice, ew.MaxPool2d: maxpool2d,
 }

@@ -53,7 +53,7 @@ from medqk.convert import synapses as syn
 from medqk.convert.fixed_point import STATE_BITS, WEIGHT_BITS
 from medqk.convert.graph import Graph, Node
 from medqk.convert.io import Input
-from medqk.convert.op import OpRefused, Refused, rule
+from medqk.convert.op import FLOAT_ONLY, OpRefused, rule
 from medqk.errors import MedqkError
 
 #: Loihi 2 synaptic delays are 6-bit: a DelaySparse adds at most this many steps to its one
@@ -415,12 +415,11 @@ def _output_activation(low: _Lowering, node: Node) -> None:
     low.values[node.name] = source
 
 
-_HOST_ONLY = Refused("float graphs only (no integer form)")
 #: op class -> its lowering onto Lava processes, or why there is none
 LOWERING = {
-    Input: _input, syn.Conv2d: _conv2d, syn.Upsample: _upsample, syn.ConvTranspose2d: _HOST_ONLY,
+    Input: _input, syn.Conv2d: _conv2d, syn.Upsample: _upsample, syn.ConvTranspose2d: FLOAT_ONLY,
     neurons.NISF: _nisf, neurons.Sigmoid: _output_activation, neurons.Softmax: _output_activation,
-    neurons.ReLU: _HOST_ONLY, ew.Add: _add, ew.Mul: _mul, ew.Affine: _affine, ew.BatchNorm: _HOST_ONLY,
+    neurons.ReLU: FLOAT_ONLY, ew.Add: _add, ew.Mul: _mul, ew.Affine: _affine, ew.BatchNorm: FLOAT_ONLY,
     ew.Complement: _complement, ew.GroupSum: _routing, ew.GroupBroadcast: _routing, ew.ChannelSlice: _routing,
     ew.Concat: _concat, ew.MaxPool2d: _maxpool,
 }

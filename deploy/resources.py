@@ -17,7 +17,7 @@ from pathlib import Path
 
 from medqk.convert import synapses as syn
 from medqk.convert.graph import SPIKE, Graph
-from medqk.convert.op import Refused, rule
+from medqk.convert.op import FLOAT_ONLY, rule
 from medqk.deploy.loihi2 import PAYLOAD_BITS, WEIGHT_BITS, LayerDemand, ResourceReport, resource_report
 
 
@@ -33,7 +33,7 @@ def _upsample_synapses(op, neurons: int) -> tuple[int, int]:
 #: synaptic op class -> (stored synapses, fan-in) of its layer; what is not here has no Loihi 2 layer
 SYNAPSES = {
     syn.Conv2d: _conv_synapses, syn.Upsample: _upsample_synapses,
-    syn.ConvTranspose2d: Refused("float graphs only (ANN baselines)"),
+    syn.ConvTranspose2d: FLOAT_ONLY,
 }
 
 
