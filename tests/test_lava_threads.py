@@ -133,18 +133,25 @@ def test_an_interrupt_during_the_run_ends_every_actor():
     assert actor_threads() == []
 
 
-def test_an_exception_in_the_with_block_ends_every_actor():
+def complement_processes() -> list:
+    """The Lava processes of a one-op graph (4 - x on 2 x 4 x 4), its sink first (the root)."""
     from medqk.deploy.lava_graph import lower
-    from medqk.deploy.lava_library import build, run_config, synapse_feeds
+    from medqk.deploy.lava_library import build, synapse_feeds
     from medqk.deploy.lava_layout import to_whc
-    from medqk.deploy.lava_runtime import lava_run
 
     graph = _graph(Complement(one=4.0))
     lowered = lower(graph)
     procs = build(lowered, to_whc(np.zeros((1, 2, 4, 4), np.int64)), synapse_feeds(lowered, graph))
-    ordered = [procs[lowered.output], *(p for n, p in procs.items() if n != lowered.output)]
+    return [procs[lowered.output], *(p for n, p in procs.items() if n != lowered.output)]
+
+
+def test_an_exception_in_the_with_block_ends_every_actor():
+    from medqk.deploy.lava_library import run_config
+    from medqk.deploy.lava_runtime import lava_run
+
+    ordered = complement_processes()
     with pytest.raises(ValueError, match="caller"):
-        with lava_run(ordered, lowered.steps, run_config("fast", ordered)):
+        with lava_run(ordered, 3, run_config("fast", ordered)):
             assert actor_threads()
             raise ValueError("caller failed")
     assert actor_threads() == []
@@ -183,3 +190,15 @@ def test_lava_imports_after_a_progress_bar():
         """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "imported", out.stderr
+
+
+def test_a_disconnected_graph_is_refused_and_nothing_is_left_running():
+    """Lava compiles only what is connected to the root; a second, unconnected graph is refused."""
+    from medqk.deploy.lava_library import run_config
+    from medqk.deploy.lava_runtime import lava_run
+
+    processes = complement_processes() + complement_processes()
+    with pytest.raises(MedqkError, match="not connected"):
+        with lava_run(processes, 3, run_config("fast", processes)):
+            pass
+    assert actor_threads() == []
